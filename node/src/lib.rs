@@ -1,1 +1,155 @@
+//! relaymesh edge node: the Pusher Channels protocol v7 over WebSocket and the Pusher HTTP
+//! API, with local fan-out, webhooks and metrics.
+//!
+//! [`start`] takes a configuration and an already bound listener (so tests bind
+//! `127.0.0.1:0`) and returns a [`NodeHandle`] that must be held; dropping it or calling
+//! [`NodeHandle::shutdown`] stops the node.
 
+pub mod app;
+pub mod config;
+pub mod edge;
+pub mod hub;
+pub mod telemetry;
+pub mod webhooks;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::PrometheusHandle;
+use relaymesh_proto::codes::ErrorCode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::Apps;
+use crate::config::Config;
+use crate::edge::outbox::SocketId;
+
+/// State shared by every connection and request of one node.
+pub struct Shared {
+    pub config: Config,
+    pub apps: Apps,
+    pub metrics: PrometheusHandle,
+    /// First half of every socket id of this node: random, so ids differ across nodes.
+    socket_node: u64,
+    next_socket: AtomicU64,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn next_socket_id(&self) -> SocketId {
+        SocketId {
+            node: self.socket_node,
+            seq: self.next_socket.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A running node. Dropping it stops the node without waiting.
+pub struct NodeHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, asks every client to reconnect elsewhere (4200) and waits up to
+    /// `grace` for the connections to close.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        for app in self.shared.apps.iter() {
+            app.close_all(ErrorCode::ReconnectImmediately.as_u16(), "Node is shutting down");
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.shared.apps.iter().any(|a| a.connection_count() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+    }
+}
+
+/// Starts a node on `listener`. Must be called inside a tokio runtime.
+pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandle> {
+    let local_addr = listener.local_addr()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(config.webhooks.timeout_ms))
+        .build()
+        .map_err(std::io::Error::other)?;
+    let shared = Arc::new(Shared {
+        apps: Apps::new(&config, &http),
+        config,
+        metrics: telemetry::handle(),
+        socket_node: rand::random::<u32>() as u64,
+        next_socket: AtomicU64::new(1),
+        draining: AtomicBool::new(false),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
+    Ok(NodeHandle {
+        local_addr,
+        shared,
+        stop,
+        accept: Some(accept),
+    })
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let service = TowerToHyperService::new(edge::http::router(shared));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        });
+    }
+}

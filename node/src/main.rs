@@ -1,1 +1,97 @@
-fn main() {}
+//! `relaymesh-node`: runs one edge node until SIGINT / SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use relaymesh_node::config::Config;
+
+/// A relaymesh edge node: Pusher Channels protocol v7 and HTTP API.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file; RELAYMESH_* environment variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to serve WebSocket, HTTP API and ops endpoints on (default 127.0.0.1:6001).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+/// Exit status for a configuration error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RELAYMESH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref(), args.listen) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("relaymesh-node: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("relaymesh-node: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relaymesh-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let apps: Vec<_> = config
+        .apps
+        .iter()
+        .map(|a| (a.id.clone(), a.key.clone(), a.secret.clone()))
+        .collect();
+    let node = relaymesh_node::start(config, listener)?;
+    let addr = node.local_addr();
+    println!("relaymesh-node listening on {addr}");
+    for (id, key, secret) in apps {
+        println!("  app id={id} key={key} secret={secret}");
+    }
+    println!("  WebSocket: ws://{addr}/app/<key>   HTTP API: http://{addr}/apps/<id>/events   metrics: http://{addr}/metrics");
+    tracing::info!(%addr, "node started");
+    shutdown_signal().await;
+    tracing::info!("shutting down: asking clients to reconnect elsewhere");
+    node.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

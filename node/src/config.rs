@@ -1,0 +1,280 @@
+//! Node configuration: a TOML file, then `RELAYMESH_*` environment variables, then flags.
+//! Layered once at start-up; an unknown key or a bad value stops the node with a message
+//! naming it, never a silent fallback.
+
+use std::net::SocketAddr;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The whole node configuration. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the WebSocket endpoint, the HTTP API and the ops endpoints (one port).
+    pub listen: SocketAddr,
+    /// Seconds of client silence before the node pings it; sent in connection_established.
+    pub activity_timeout_secs: u64,
+    /// Seconds the node waits for any frame after its ping before closing with 4201.
+    pub pong_timeout_secs: u64,
+    /// Frames a connection may have queued before it is closed as a slow consumer (4100).
+    pub outbox_frames_max: usize,
+    /// Bytes a connection may have queued before it is closed as a slow consumer (4100).
+    pub outbox_bytes_max: usize,
+    /// Largest WebSocket message a client may send; larger ones close the socket (1009).
+    pub client_message_bytes_max: usize,
+    /// Largest HTTP API request body (413 beyond).
+    pub http_body_bytes_max: usize,
+    /// Accepted clock skew of signed HTTP API requests, in seconds.
+    pub timestamp_window_secs: u64,
+    /// Cache channel entries kept per app; the oldest are evicted beyond it.
+    pub cache_entries_max: usize,
+    pub webhooks: WebhookConfig,
+    /// The apps this node serves. Empty means the development app.
+    pub apps: Vec<AppConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6001)),
+            activity_timeout_secs: 120,
+            pong_timeout_secs: 30,
+            outbox_frames_max: 1024,
+            outbox_bytes_max: 1 << 20,
+            client_message_bytes_max: 64 * 1024,
+            http_body_bytes_max: 256 * 1024,
+            timestamp_window_secs: 600,
+            cache_entries_max: 100_000,
+            webhooks: WebhookConfig::default(),
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// Webhook delivery (shared by all apps; the URLs are per app).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Events raised within this window go out in one request.
+    pub batch_ms: u64,
+    /// Events waiting for delivery per app; more are dropped and counted.
+    pub queue_max: usize,
+    /// Delivery attempts per request before it is dropped and counted.
+    pub attempts_max: u32,
+    /// First retry delay; doubles on every further attempt.
+    pub retry_base_ms: u64,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+    /// Delay of channel_vacated and member_removed; cancelled if the channel or member returns.
+    pub vacate_delay_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            batch_ms: 50,
+            queue_max: 10_000,
+            attempts_max: 5,
+            retry_base_ms: 500,
+            timeout_ms: 5_000,
+            vacate_delay_ms: 3_000,
+        }
+    }
+}
+
+/// One app: its credentials and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppConfig {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    /// A disabled app refuses connections (4003) and API calls (403).
+    pub enabled: bool,
+    /// Whether clients may send `client-` events.
+    pub client_events: bool,
+    /// Client events per second per connection.
+    pub client_event_rate: u32,
+    /// Concurrent connections; `None` is unlimited.
+    pub max_connections: Option<usize>,
+    /// Distinct users per presence channel.
+    pub max_presence_members: usize,
+    /// Largest event `data` (HTTP API and client events), in bytes.
+    pub max_event_bytes: usize,
+    /// Largest presence / sign-in `user_info`, in bytes.
+    pub max_user_info_bytes: usize,
+    /// How long a cache channel keeps its last event, in seconds.
+    pub cache_ttl_secs: u64,
+    /// Webhook URLs; empty disables webhooks.
+    pub webhooks: Vec<String>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            id: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            enabled: true,
+            client_events: true,
+            client_event_rate: 10,
+            max_connections: None,
+            max_presence_members: 100,
+            max_event_bytes: 10 * 1024,
+            max_user_info_bytes: 1024,
+            cache_ttl_secs: 1800,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+impl AppConfig {
+    /// The development app served when no app is configured.
+    pub fn development() -> Self {
+        AppConfig {
+            id: "app-id".into(),
+            key: "app-key".into(),
+            secret: "app-secret".into(),
+            ..AppConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Layers `file` (if any), then `RELAYMESH_*` variables (`__` separates nested keys,
+    /// e.g. `RELAYMESH_WEBHOOKS__BATCH_MS`), then `listen` from the command line.
+    pub fn load(file: Option<&std::path::Path>, listen: Option<SocketAddr>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!("file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("RELAYMESH_").split("__"));
+        if let Some(listen) = listen {
+            figment = figment.merge(("listen", listen));
+        }
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if config.apps.is_empty() {
+            config.apps.push(AppConfig::development());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A single-node configuration for tests: the development app, defaults elsewhere.
+    pub fn for_test() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            apps: vec![AppConfig::development()],
+            ..Config::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let mut ids = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for app in &self.apps {
+            if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
+                return invalid(format!("app {:?}: id, key and secret must all be set", app.id));
+            }
+            if !ids.insert(&app.id) {
+                return invalid(format!("app id {:?} appears twice", app.id));
+            }
+            if !keys.insert(&app.key) {
+                return invalid(format!("app key {:?} appears twice", app.key));
+            }
+            if app.client_event_rate == 0 {
+                return invalid(format!("app {:?}: client_event_rate must be at least 1", app.id));
+            }
+            for url in &app.webhooks {
+                match reqwest::Url::parse(url) {
+                    Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                    _ => return invalid(format!("app {:?}: webhook URL {url:?} is not an http(s) URL", app.id)),
+                }
+            }
+        }
+        if self.activity_timeout_secs == 0 {
+            return invalid("activity_timeout_secs must be at least 1 (pusher-js refuses 0)".into());
+        }
+        if self.outbox_frames_max == 0 || self.outbox_bytes_max == 0 {
+            return invalid("outbox_frames_max and outbox_bytes_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::with(text)
+    }
+
+    /// A file under the system temp dir, removed on drop.
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn with(text: &str) -> Self {
+                let path = std::env::temp_dir().join(format!("relaymesh-config-{}.toml", rand::random::<u64>()));
+                std::fs::write(&path, text).unwrap();
+                TempPath(path)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn empty_config_serves_the_development_app() {
+        let config = Config::load(None, None).unwrap();
+        assert_eq!(config.listen.port(), 6001);
+        assert_eq!(config.apps.len(), 1);
+        assert_eq!(config.apps[0].key, "app-key");
+    }
+
+    #[test]
+    fn file_and_flag_layers() {
+        let file = write(
+            "listen = \"127.0.0.1:7777\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nmax_connections = 5\n",
+        );
+        let config = Config::load(Some(&file.0), None).unwrap();
+        assert_eq!(config.listen.port(), 7777);
+        assert_eq!(config.apps[0].max_connections, Some(5));
+        assert_eq!(config.apps[0].max_presence_members, 100);
+        let flag = SocketAddr::from(([127, 0, 0, 1], 8888));
+        assert_eq!(Config::load(Some(&file.0), Some(flag)).unwrap().listen, flag);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_fatal() {
+        let file = write("listn = \"127.0.0.1:7777\"\n");
+        let err = Config::load(Some(&file.0), None).unwrap_err().to_string();
+        assert!(err.contains("listn"), "{err}");
+        let file = write("activity_timeout_secs = \"soon\"\n");
+        let err = Config::load(Some(&file.0), None).unwrap_err().to_string();
+        assert!(err.contains("activity_timeout_secs"), "{err}");
+        let file = write("[[apps]]\nid = \"1\"\nkey = \"k\"\n");
+        assert!(Config::load(Some(&file.0), None).is_err());
+        let file = write("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\n[[apps]]\nid=\"2\"\nkey=\"k\"\nsecret=\"t\"\n");
+        assert!(Config::load(Some(&file.0), None).unwrap_err().to_string().contains("twice"));
+        assert!(Config::load(Some(std::path::Path::new("/nonexistent.toml")), None).is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! The Pusher protocol state of one connection: its subscriptions, its signed-in user and
+//! its client-event budget. Plain synchronous code: it takes one text message and acts on
+//! the hub and on its own send queue; the connection task around it owns the socket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use relaymesh_proto::channel::{self, ChannelAuth, ChannelKind, EVENT_NAME_MAX};
+use relaymesh_proto::codes::ErrorCode;
+use relaymesh_proto::frame::{self, ClientFrame, PresenceMember, SigninData, SubscribeData, UnsubscribeData};
+use relaymesh_proto::signing;
+use serde_json::value::RawValue;
+
+use crate::app::App;
+use crate::edge::outbox::Conn;
+use crate::edge::ws::codec;
+use crate::hub::SubscribeError;
+use crate::telemetry;
+use crate::webhooks::WebhookEvent;
+
+/// Most channels one connection may hold; more are refused with `LimitReached`.
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1_000;
+
+/// A signed-in user of this connection.
+struct SignedIn {
+    id: Box<str>,
+    info: Option<Box<RawValue>>,
+}
+
+/// Client events allowed per second, refilled continuously.
+struct TokenBucket {
+    tokens: f32,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn take(&mut self, rate: u32, now: Instant) -> bool {
+        let rate = rate as f32;
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f32();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct Session {
+    app: Arc<App>,
+    conn: Arc<Conn>,
+    /// Channel → the presence user id this socket joined it as.
+    subscriptions: HashMap<Box<str>, Option<Box<str>>>,
+    user: Option<Box<SignedIn>>,
+    client_events: TokenBucket,
+}
+
+impl Session {
+    pub fn new(app: Arc<App>, conn: Arc<Conn>) -> Session {
+        let rate = app.config.client_event_rate as f32;
+        Session {
+            app,
+            conn,
+            subscriptions: HashMap::new(),
+            user: None,
+            client_events: TokenBucket {
+                tokens: rate,
+                refilled: Instant::now(),
+            },
+        }
+    }
+
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    fn error(&self, code: Option<ErrorCode>, message: &str, channel: Option<&str>, reason: &'static str) {
+        let code = code.map(ErrorCode::as_u16);
+        telemetry::count_error(code, reason);
+        self.conn.push_text(&frame::error(code, message, channel));
+    }
+
+    fn subscription_error(&self, channel: &str, kind: &str, message: &str, status: u16, reason: &'static str) {
+        telemetry::count_error(Some(status), reason);
+        self.conn
+            .push_text(&frame::subscription_error(channel, kind, message, status));
+    }
+
+    /// Handles one text message from the client.
+    pub fn on_text(&mut self, text: &str) {
+        metrics::counter!(telemetry::MESSAGES_IN, "app" => self.app.id.to_string()).increment(1);
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(e) => return self.error(None, &e.to_string(), None, "malformed_json"),
+        };
+        match &*frame.event {
+            "pusher:ping" => {
+                self.conn.push_text(frame::PONG);
+            }
+            "pusher:pong" => {}
+            "pusher:subscribe" => match frame.data_as::<SubscribeData>() {
+                Ok(data) => self.subscribe(data),
+                Err(e) => self.error(None, &format!("Invalid pusher:subscribe: {e}"), None, "bad_subscribe"),
+            },
+            "pusher:unsubscribe" => match frame.data_as::<UnsubscribeData>() {
+                Ok(data) => self.unsubscribe(&data.channel),
+                Err(e) => self.error(None, &format!("Invalid pusher:unsubscribe: {e}"), None, "bad_unsubscribe"),
+            },
+            "pusher:signin" => match frame.data_as::<SigninData>() {
+                Ok(data) => self.sign_in(data),
+                Err(e) => self.error(
+                    Some(ErrorCode::Unauthorized),
+                    &format!("Invalid pusher:signin: {e}"),
+                    None,
+                    "bad_signin",
+                ),
+            },
+            name if name.starts_with("client-") => self.client_event(&frame),
+            name => self.error(None, &format!("Unsupported event {name:?}"), None, "unknown_event"),
+        }
+    }
+
+    fn subscribe(&mut self, data: SubscribeData) {
+        let name = data.channel.as_str();
+        let kind = match channel::validate_channel_name(name) {
+            Ok(kind) => kind,
+            Err(e) => return self.subscription_error(name, "InvalidChannel", &e.to_string(), 400, "invalid_channel"),
+        };
+        if self.subscriptions.contains_key(name) {
+            self.app.hub.acknowledge_again(name, &self.conn);
+            return;
+        }
+        if self.subscriptions.len() >= SUBSCRIPTIONS_PER_CONNECTION_MAX {
+            let msg = format!("A connection may hold at most {SUBSCRIPTIONS_PER_CONNECTION_MAX} subscriptions");
+            return self.subscription_error(name, "LimitReached", &msg, 4100, "too_many_subscriptions");
+        }
+        let member = match self.authorize(name, kind, &data) {
+            Ok(member) => member,
+            Err((status, message)) => {
+                let kind = if status == 400 { "InvalidChannelData" } else { "AuthError" };
+                return self.subscription_error(name, kind, &message, status, "subscription_refused");
+            }
+        };
+        let user_id = member.as_ref().map(|m| m.user_id.clone().into_boxed_str());
+        match self.app.hub.subscribe(name, kind, &self.conn, member) {
+            Ok(()) => {
+                self.subscriptions.insert(name.into(), user_id);
+            }
+            Err(SubscribeError::PresenceFull(max)) => {
+                let msg = format!("Presence channel is full: at most {max} members");
+                self.subscription_error(name, "LimitReached", &msg, 4100, "presence_full");
+            }
+        }
+    }
+
+    /// Checks the subscription's proof for its channel kind; returns the presence member.
+    fn authorize(
+        &self,
+        channel: &str,
+        kind: ChannelKind,
+        data: &SubscribeData,
+    ) -> Result<Option<PresenceMember>, (u16, String)> {
+        let socket_id = self.conn.socket_id.to_string();
+        let config = &self.app.config;
+        let auth = data.auth.as_deref().unwrap_or("");
+        let check = |channel_data: Option<&str>| {
+            let to_sign = signing::channel_string_to_sign(&socket_id, channel, channel_data);
+            signing::verify_auth(&config.key, &config.secret, auth, &to_sign).map_err(|e| (401, e.to_string()))
+        };
+        match kind.auth {
+            ChannelAuth::Public => Ok(None),
+            ChannelAuth::Private => check(None).map(|()| None),
+            ChannelAuth::Presence => match (data.channel_data.as_deref(), &self.user) {
+                (Some(channel_data), _) => {
+                    check(Some(channel_data))?;
+                    frame::parse_member(channel_data, config.max_user_info_bytes)
+                        .map(Some)
+                        .map_err(|e| (400, e.to_string()))
+                }
+                (None, Some(user)) => {
+                    check(None)?;
+                    Ok(Some(PresenceMember {
+                        user_id: user.id.to_string(),
+                        user_info: user.info.clone(),
+                    }))
+                }
+                (None, None) => Err((400, "Presence channels need channel_data or a signed-in user".into())),
+            },
+            ChannelAuth::ServerToUser => {
+                let owner = channel::server_to_user_id(channel);
+                match &self.user {
+                    Some(user) if owner == Some(&*user.id) => Ok(None),
+                    _ => Err((403, "Only the signed-in user may subscribe to its own channel".into())),
+                }
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, channel: &str) {
+        if let Some(user_id) = self.subscriptions.remove(channel) {
+            self.app.hub.unsubscribe(channel, self.conn.socket_id, user_id.as_deref());
+        }
+    }
+
+    fn sign_in(&mut self, data: SigninData) {
+        let socket_id = self.conn.socket_id.to_string();
+        let config = &self.app.config;
+        let to_sign = signing::user_string_to_sign(&socket_id, &data.user_data);
+        if let Err(e) = signing::verify_auth(&config.key, &config.secret, &data.auth, &to_sign) {
+            return self.error(Some(ErrorCode::Unauthorized), &e.to_string(), None, "signin_refused");
+        }
+        let user = match frame::parse_user_data(&data.user_data, config.max_user_info_bytes) {
+            Ok(user) => user,
+            Err(e) => return self.error(Some(ErrorCode::Unauthorized), &e.to_string(), None, "signin_refused"),
+        };
+        match &self.user {
+            Some(current) if *current.id != user.id => {
+                let msg = "This connection is already signed in as another user";
+                return self.error(Some(ErrorCode::Unauthorized), msg, None, "signin_refused");
+            }
+            Some(_) => {}
+            None => self.app.sign_in(&user.id, &self.conn),
+        }
+        self.user = Some(Box::new(SignedIn {
+            id: user.id.into(),
+            info: user.user_info,
+        }));
+        self.conn.push_text(&frame::signin_success(&data.user_data));
+        if user.watchlist_truncated {
+            let msg = format!("Watchlist limit exceeded: only the first {} ids were accepted", frame::WATCHLIST_MAX);
+            self.error(Some(ErrorCode::WatchlistLimit), &msg, None, "watchlist_limit");
+        }
+    }
+
+    fn client_event(&mut self, frame: &ClientFrame<'_>) {
+        let event = &*frame.event;
+        let channel = frame.channel.as_deref().unwrap_or("");
+        let reject = |session: &Self, message: &str, reason| {
+            let channel = (!channel.is_empty()).then_some(channel);
+            session.error(Some(ErrorCode::ClientEventRejected), message, channel, reason);
+        };
+        if !self.app.config.client_events {
+            return reject(self, "Client events are not enabled for this app", "client_events_disabled");
+        }
+        if event.len() > EVENT_NAME_MAX {
+            return reject(self, "Event name is too long", "client_event_name");
+        }
+        let Some(user_id) = self.subscriptions.get(channel) else {
+            return reject(self, "Client events need a subscription to the channel", "client_event_not_subscribed");
+        };
+        let kind = ChannelKind::of(channel);
+        if !kind.allows_client_events() {
+            return reject(self, "Client events are only allowed on private and presence channels", "client_event_channel");
+        }
+        let Some(raw) = frame.data else {
+            return reject(self, "Client event has no data", "client_event_no_data");
+        };
+        let data = frame::data_as_text(raw);
+        if data.len() > self.app.config.max_event_bytes {
+            let msg = format!("Event data is over {} bytes", self.app.config.max_event_bytes);
+            return reject(self, &msg, "client_event_too_large");
+        }
+        if !self.client_events.take(self.app.config.client_event_rate, Instant::now()) {
+            return reject(self, "Client event rejected due to rate limit", "client_event_rate_limit");
+        }
+        let user_id = if kind.is_presence() { user_id.as_deref() } else { None };
+        let encoded = codec::text_frame(&frame::channel_event(event, channel, &data, user_id));
+        let delivered = self.app.hub.publish(channel, encoded, None, Some(self.conn.socket_id));
+        metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => self.app.id.to_string(), "source" => "client").increment(1);
+        metrics::counter!(telemetry::MESSAGES_OUT, "app" => self.app.id.to_string()).increment(delivered as u64);
+        if let Some(webhooks) = &self.app.webhooks {
+            webhooks.raise(WebhookEvent::ClientEvent {
+                channel: channel.into(),
+                event: event.into(),
+                data: data.into(),
+                socket_id: self.conn.socket_id.to_string().into(),
+                user_id: user_id.map(Into::into),
+            });
+        }
+    }
+
+    /// Leaves every channel and signs out; called once when the connection ends.
+    pub fn end(&mut self) {
+        for (channel, user_id) in self.subscriptions.drain() {
+            self.app.hub.unsubscribe(&channel, self.conn.socket_id, user_id.as_deref());
+        }
+        if let Some(user) = self.user.take() {
+            self.app.sign_out(&user.id, self.conn.socket_id);
+        }
+        self.app.release(self.conn.socket_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn token_bucket_allows_rate_per_second() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket { tokens: 10.0, refilled: t0 };
+        assert_eq!((0..15).filter(|_| bucket.take(10, t0)).count(), 10);
+        assert!(bucket.take(10, t0 + Duration::from_millis(100)));
+        assert!(!bucket.take(10, t0 + Duration::from_millis(100)));
+    }
+}

@@ -1,0 +1,50 @@
+//! Prometheus metrics. Names are constants so call sites and docs agree; the recorder is
+//! process-wide (the `metrics` crate has one global recorder), so nodes started in one
+//! test process share it.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Open WebSocket connections, by app.
+pub const CONNECTIONS: &str = "relaymesh_connections";
+/// WebSocket connections accepted since start, by app.
+pub const CONNECTIONS_TOTAL: &str = "relaymesh_connections_total";
+/// Channel subscriptions held by local sockets, by app.
+pub const SUBSCRIPTIONS: &str = "relaymesh_subscriptions";
+/// Frames received from clients, by app.
+pub const MESSAGES_IN: &str = "relaymesh_messages_in_total";
+/// Frames queued to clients, by app.
+pub const MESSAGES_OUT: &str = "relaymesh_messages_out_total";
+/// Events published through the HTTP API or as client events, by app and source.
+pub const EVENTS_PUBLISHED: &str = "relaymesh_events_published_total";
+/// Errors sent to clients or closes, by Pusher / WebSocket code and reason.
+pub const ERRORS: &str = "relaymesh_errors_total";
+/// HTTP requests answered, by route kind and status.
+pub const HTTP_REQUESTS: &str = "relaymesh_http_requests_total";
+/// Webhook requests, by result (delivered, failed attempt, dropped).
+pub const WEBHOOKS: &str = "relaymesh_webhook_requests_total";
+/// Webhook events dropped because the queue was full, by app.
+pub const WEBHOOK_EVENTS_DROPPED: &str = "relaymesh_webhook_events_dropped_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once and returns the handle that renders it.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program's); then ours
+            // only renders what it sees, which is nothing, rather than failing the node.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Counts an error sent to a client, labelled by its code.
+pub fn count_error(code: Option<u16>, reason: &'static str) {
+    let code = code.map_or_else(|| "null".to_owned(), |c| c.to_string());
+    metrics::counter!(ERRORS, "code" => code, "reason" => reason).increment(1);
+}

@@ -1,0 +1,201 @@
+//! Webhooks: events raised on the socket path go into a bounded queue and never wait;
+//! a background task per app batches them ([`batcher`]) and a sender delivers each batch,
+//! signed, to every URL of the app with bounded retries and backoff.
+
+mod batcher;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use relaymesh_proto::signing;
+
+use crate::config::{AppConfig, WebhookConfig};
+use crate::telemetry;
+pub use batcher::Batcher;
+
+/// One webhook event (protocol §13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum WebhookEvent {
+    ChannelOccupied {
+        channel: Box<str>,
+    },
+    ChannelVacated {
+        channel: Box<str>,
+    },
+    MemberAdded {
+        channel: Box<str>,
+        user_id: Box<str>,
+    },
+    MemberRemoved {
+        channel: Box<str>,
+        user_id: Box<str>,
+    },
+    ClientEvent {
+        channel: Box<str>,
+        event: Box<str>,
+        /// The event data as a string.
+        data: Box<str>,
+        socket_id: Box<str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_id: Option<Box<str>>,
+    },
+    CacheMiss {
+        channel: Box<str>,
+    },
+}
+
+/// The handle the socket path raises events through.
+#[derive(Clone)]
+pub struct Webhooks {
+    events: mpsc::Sender<WebhookEvent>,
+    app_id: Arc<str>,
+}
+
+/// Batches waiting for the sender; more are dropped and counted.
+const BATCH_QUEUE_MAX: usize = 256;
+
+impl Webhooks {
+    /// Starts the app's batcher and sender; `None` when the app has no webhook URL.
+    pub fn spawn(app: &AppConfig, config: &WebhookConfig, client: reqwest::Client) -> Option<Webhooks> {
+        if app.webhooks.is_empty() {
+            return None;
+        }
+        let (events_tx, events_rx) = mpsc::channel(config.queue_max.max(1));
+        let (batches_tx, batches_rx) = mpsc::channel(BATCH_QUEUE_MAX);
+        let app_id: Arc<str> = app.id.as_str().into();
+        let batcher = Batcher::new(
+            Duration::from_millis(config.batch_ms),
+            Duration::from_millis(config.vacate_delay_ms),
+            config.queue_max,
+        );
+        tokio::spawn(run_batcher(batcher, events_rx, batches_tx, app_id.clone()));
+        let sender = Sender {
+            client,
+            urls: app.webhooks.clone(),
+            key: app.key.clone(),
+            secret: app.secret.clone(),
+            attempts_max: config.attempts_max.max(1),
+            retry_base: Duration::from_millis(config.retry_base_ms),
+        };
+        tokio::spawn(sender.run(batches_rx));
+        Some(Webhooks {
+            events: events_tx,
+            app_id,
+        })
+    }
+
+    /// Queues an event without waiting; a full queue drops it and counts the drop.
+    pub fn raise(&self, event: WebhookEvent) {
+        if self.events.try_send(event).is_err() {
+            metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => self.app_id.to_string()).increment(1);
+        }
+    }
+}
+
+async fn run_batcher(
+    mut batcher: Batcher,
+    mut events: mpsc::Receiver<WebhookEvent>,
+    batches: mpsc::Sender<Vec<WebhookEvent>>,
+    app_id: Arc<str>,
+) {
+    let mut open = true;
+    while open || !batcher.is_empty() {
+        let deadline = batcher.next_deadline();
+        tokio::select! {
+            event = events.recv(), if open => match event {
+                Some(event) => {
+                    if !batcher.push(Instant::now().into_std(), event) {
+                        metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => app_id.to_string()).increment(1);
+                    }
+                }
+                None => open = false,
+            },
+            _ = sleep_until_opt(deadline) => {}
+        }
+        let now = if open { Instant::now().into_std() } else { std::time::Instant::now() + Duration::from_secs(3600) };
+        while let Some(batch) = batcher.poll(now) {
+            if batches.try_send(batch).is_err() {
+                metrics::counter!(telemetry::WEBHOOKS, "result" => "dropped").increment(1);
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Sender {
+    client: reqwest::Client,
+    urls: Vec<String>,
+    key: String,
+    secret: String,
+    attempts_max: u32,
+    retry_base: Duration,
+}
+
+/// The request body of one batch.
+#[derive(Serialize)]
+struct Body<'a> {
+    time_ms: u128,
+    events: &'a [WebhookEvent],
+}
+
+impl Sender {
+    async fn run(self, mut batches: mpsc::Receiver<Vec<WebhookEvent>>) {
+        while let Some(events) = batches.recv().await {
+            let time_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let Ok(body) = serde_json::to_vec(&Body {
+                time_ms,
+                events: &events,
+            }) else {
+                continue;
+            };
+            let signature = signing::webhook_signature(&self.secret, &body);
+            for url in &self.urls {
+                self.deliver(url, &body, &signature).await;
+            }
+        }
+    }
+
+    async fn deliver(&self, url: &str, body: &[u8], signature: &str) {
+        for attempt in 0..self.attempts_max {
+            if attempt > 0 {
+                tokio::time::sleep(self.retry_base * 2u32.saturating_pow(attempt - 1)).await;
+            }
+            let result = self
+                .client
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header("X-Pusher-Key", &self.key)
+                .header("X-Pusher-Signature", signature)
+                .body(body.to_vec())
+                .send()
+                .await;
+            match result {
+                Ok(response) if response.status().is_success() => {
+                    metrics::counter!(telemetry::WEBHOOKS, "result" => "delivered").increment(1);
+                    return;
+                }
+                Ok(response) => {
+                    tracing::warn!(url, status = %response.status(), attempt, "webhook refused");
+                }
+                Err(error) => {
+                    tracing::warn!(url, %error, attempt, "webhook failed");
+                }
+            }
+            metrics::counter!(telemetry::WEBHOOKS, "result" => "failed_attempt").increment(1);
+        }
+        metrics::counter!(telemetry::WEBHOOKS, "result" => "dropped").increment(1);
+    }
+}
