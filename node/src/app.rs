@@ -74,7 +74,8 @@ impl App {
         drop(connections);
         self.connection_count.store(n, Ordering::Relaxed);
         metrics::gauge!(crate::telemetry::CONNECTIONS, "app" => self.id.to_string()).set(n as f64);
-        metrics::counter!(crate::telemetry::CONNECTIONS_TOTAL, "app" => self.id.to_string()).increment(1);
+        metrics::counter!(crate::telemetry::CONNECTIONS_TOTAL, "app" => self.id.to_string())
+            .increment(1);
         Ok(())
     }
 
@@ -99,7 +100,10 @@ impl App {
     }
 
     pub fn sign_in(&self, user_id: &str, conn: &Arc<Conn>) {
-        lock(&self.users).entry(user_id.into()).or_default().push(conn.clone());
+        lock(&self.users)
+            .entry(user_id.into())
+            .or_default()
+            .push(conn.clone());
     }
 
     pub fn sign_out(&self, user_id: &str, socket: SocketId) {

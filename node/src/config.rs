@@ -154,11 +154,17 @@ pub enum ConfigError {
 impl Config {
     /// Layers `file` (if any), then `RELAYMESH_*` variables (`__` separates nested keys,
     /// e.g. `RELAYMESH_WEBHOOKS__BATCH_MS`), then `listen` from the command line.
-    pub fn load(file: Option<&std::path::Path>, listen: Option<SocketAddr>) -> Result<Config, ConfigError> {
+    pub fn load(
+        file: Option<&std::path::Path>,
+        listen: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::Invalid(format!("file {} does not exist", path.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "file {} does not exist",
+                    path.display()
+                )));
             }
             figment = figment.merge(Toml::file(path));
         }
@@ -189,7 +195,10 @@ impl Config {
         let mut keys = std::collections::HashSet::new();
         for app in &self.apps {
             if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
-                return invalid(format!("app {:?}: id, key and secret must all be set", app.id));
+                return invalid(format!(
+                    "app {:?}: id, key and secret must all be set",
+                    app.id
+                ));
             }
             if !ids.insert(&app.id) {
                 return invalid(format!("app id {:?} appears twice", app.id));
@@ -198,17 +207,27 @@ impl Config {
                 return invalid(format!("app key {:?} appears twice", app.key));
             }
             if app.client_event_rate == 0 {
-                return invalid(format!("app {:?}: client_event_rate must be at least 1", app.id));
+                return invalid(format!(
+                    "app {:?}: client_event_rate must be at least 1",
+                    app.id
+                ));
             }
             for url in &app.webhooks {
                 match reqwest::Url::parse(url) {
                     Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                    _ => return invalid(format!("app {:?}: webhook URL {url:?} is not an http(s) URL", app.id)),
+                    _ => {
+                        return invalid(format!(
+                            "app {:?}: webhook URL {url:?} is not an http(s) URL",
+                            app.id
+                        ))
+                    }
                 }
             }
         }
         if self.activity_timeout_secs == 0 {
-            return invalid("activity_timeout_secs must be at least 1 (pusher-js refuses 0)".into());
+            return invalid(
+                "activity_timeout_secs must be at least 1 (pusher-js refuses 0)".into(),
+            );
         }
         if self.outbox_frames_max == 0 || self.outbox_bytes_max == 0 {
             return invalid("outbox_frames_max and outbox_bytes_max must be at least 1".into());
@@ -230,7 +249,8 @@ mod tests {
         pub struct TempPath(pub std::path::PathBuf);
         impl TempPath {
             pub fn with(text: &str) -> Self {
-                let path = std::env::temp_dir().join(format!("relaymesh-config-{}.toml", rand::random::<u64>()));
+                let path = std::env::temp_dir()
+                    .join(format!("relaymesh-config-{}.toml", rand::random::<u64>()));
                 std::fs::write(&path, text).unwrap();
                 TempPath(path)
             }
@@ -260,7 +280,10 @@ mod tests {
         assert_eq!(config.apps[0].max_connections, Some(5));
         assert_eq!(config.apps[0].max_presence_members, 100);
         let flag = SocketAddr::from(([127, 0, 0, 1], 8888));
-        assert_eq!(Config::load(Some(&file.0), Some(flag)).unwrap().listen, flag);
+        assert_eq!(
+            Config::load(Some(&file.0), Some(flag)).unwrap().listen,
+            flag
+        );
     }
 
     #[test]
@@ -274,7 +297,10 @@ mod tests {
         let file = write("[[apps]]\nid = \"1\"\nkey = \"k\"\n");
         assert!(Config::load(Some(&file.0), None).is_err());
         let file = write("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\n[[apps]]\nid=\"2\"\nkey=\"k\"\nsecret=\"t\"\n");
-        assert!(Config::load(Some(&file.0), None).unwrap_err().to_string().contains("twice"));
+        assert!(Config::load(Some(&file.0), None)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         assert!(Config::load(Some(std::path::Path::new("/nonexistent.toml")), None).is_err());
     }
 }

@@ -79,7 +79,10 @@ impl NodeHandle {
             let _ = accept.await;
         }
         for app in self.shared.apps.iter() {
-            app.close_all(ErrorCode::ReconnectImmediately.as_u16(), "Node is shutting down");
+            app.close_all(
+                ErrorCode::ReconnectImmediately.as_u16(),
+                "Node is shutting down",
+            );
         }
         let deadline = tokio::time::Instant::now() + grace;
         while self.shared.apps.iter().any(|a| a.connection_count() > 0)
@@ -124,7 +127,11 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
     })
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let service = TowerToHyperService::new(edge::http::router(shared));
     loop {
         let stream = tokio::select! {

@@ -116,11 +116,15 @@ fn canonical_user_id(raw: &RawValue) -> Result<String, MemberDataError> {
     Ok(id)
 }
 
-fn owned_info(info: Option<&RawValue>, max_bytes: usize) -> Result<Option<Box<RawValue>>, MemberDataError> {
+fn owned_info(
+    info: Option<&RawValue>,
+    max_bytes: usize,
+) -> Result<Option<Box<RawValue>>, MemberDataError> {
     match info {
-        Some(raw) if raw.get().len() > max_bytes => {
-            Err(MemberDataError::UserInfoTooLarge(raw.get().len(), max_bytes))
-        }
+        Some(raw) if raw.get().len() > max_bytes => Err(MemberDataError::UserInfoTooLarge(
+            raw.get().len(),
+            max_bytes,
+        )),
         Some(raw) if raw.get() == "null" => Ok(None),
         Some(raw) => Ok(Some(raw.to_owned())),
         None => Ok(None),
@@ -128,9 +132,12 @@ fn owned_info(info: Option<&RawValue>, max_bytes: usize) -> Result<Option<Box<Ra
 }
 
 /// Parses presence `channel_data` (§7.1).
-pub fn parse_member(channel_data: &str, user_info_max: usize) -> Result<PresenceMember, MemberDataError> {
-    let raw: RawMember<'_> =
-        serde_json::from_str(channel_data).map_err(|e| MemberDataError::Malformed(e.to_string()))?;
+pub fn parse_member(
+    channel_data: &str,
+    user_info_max: usize,
+) -> Result<PresenceMember, MemberDataError> {
+    let raw: RawMember<'_> = serde_json::from_str(channel_data)
+        .map_err(|e| MemberDataError::Malformed(e.to_string()))?;
     Ok(PresenceMember {
         user_id: canonical_user_id(raw.user_id)?,
         user_info: owned_info(raw.user_info, user_info_max)?,
@@ -253,7 +260,11 @@ pub fn channel_event(event: &str, channel: &str, data: &str, user_id: Option<&st
 }
 
 pub fn subscription_succeeded(channel: &str) -> String {
-    envelope("pusher_internal:subscription_succeeded", Some(channel), Some("{}"))
+    envelope(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        Some("{}"),
+    )
 }
 
 /// Presence `subscription_succeeded` with the whole roster.
@@ -284,7 +295,11 @@ pub fn presence_subscription_succeeded<'a>(
     let data = to_json(&Data {
         presence: Presence { ids, hash, count },
     });
-    envelope("pusher_internal:subscription_succeeded", Some(channel), Some(data))
+    envelope(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        Some(data),
+    )
 }
 
 pub fn member_added(channel: &str, user_id: &str, user_info: Option<&RawValue>) -> String {
@@ -352,12 +367,22 @@ pub fn watchlist_events(online: &[&str], offline: &[&str]) -> String {
     }
     let mut events = Vec::new();
     if !online.is_empty() {
-        events.push(Entry { name: "online", user_ids: online });
+        events.push(Entry {
+            name: "online",
+            user_ids: online,
+        });
     }
     if !offline.is_empty() {
-        events.push(Entry { name: "offline", user_ids: offline });
+        events.push(Entry {
+            name: "offline",
+            user_ids: offline,
+        });
     }
-    envelope("pusher_internal:watchlist_events", None, Some(Data { events }))
+    envelope(
+        "pusher_internal:watchlist_events",
+        None,
+        Some(Data { events }),
+    )
 }
 
 #[cfg(test)]
@@ -381,10 +406,19 @@ mod tests {
         let m = parse_member(r#"{"user_id":10,"user_info":{"name":"A"}}"#, 1024).unwrap();
         assert_eq!(m.user_id, "10");
         assert_eq!(m.user_info.unwrap().get(), r#"{"name":"A"}"#);
-        assert_eq!(parse_member(r#"{"user_id":1.5}"#, 1024).unwrap_err(), MemberDataError::BadUserId);
-        assert_eq!(parse_member(r#"{"user_id":""}"#, 1024).unwrap_err(), MemberDataError::UserIdLength);
+        assert_eq!(
+            parse_member(r#"{"user_id":1.5}"#, 1024).unwrap_err(),
+            MemberDataError::BadUserId
+        );
+        assert_eq!(
+            parse_member(r#"{"user_id":""}"#, 1024).unwrap_err(),
+            MemberDataError::UserIdLength
+        );
         let long = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129));
-        assert_eq!(parse_member(&long, 1024).unwrap_err(), MemberDataError::UserIdLength);
+        assert_eq!(
+            parse_member(&long, 1024).unwrap_err(),
+            MemberDataError::UserIdLength
+        );
         assert!(matches!(
             parse_member(r#"{"user_id":"1","user_info":"xxxxxxxxxx"}"#, 5),
             Err(MemberDataError::UserInfoTooLarge(12, 5))
@@ -410,7 +444,12 @@ mod tests {
             r#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"1.2\",\"activity_timeout\":120}"}"#
         );
         assert_eq!(
-            channel_event("client-typing", "presence-x", r#"{"typing":true}"#, Some("10")),
+            channel_event(
+                "client-typing",
+                "presence-x",
+                r#"{"typing":true}"#,
+                Some("10")
+            ),
             r#"{"event":"client-typing","channel":"presence-x","data":"{\"typing\":true}","user_id":"10"}"#
         );
         assert_eq!(
@@ -421,7 +460,10 @@ mod tests {
             subscription_succeeded("a"),
             r#"{"event":"pusher_internal:subscription_succeeded","channel":"a","data":"{}"}"#
         );
-        assert_eq!(cache_miss("cache-a"), r#"{"event":"pusher:cache_miss","channel":"cache-a"}"#);
+        assert_eq!(
+            cache_miss("cache-a"),
+            r#"{"event":"pusher:cache_miss","channel":"cache-a"}"#
+        );
         assert_eq!(
             signin_success(r#"{"id":"1"}"#),
             r#"{"event":"pusher:signin_success","data":{"user_data":"{\"id\":\"1\"}"}}"#
@@ -434,7 +476,8 @@ mod tests {
         let members = [("10", Some(info.as_ref())), ("11", None)];
         let text = presence_subscription_succeeded("presence-x", members.iter().copied());
         let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let data: serde_json::Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        let data: serde_json::Value =
+            serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
         assert_eq!(data["presence"]["count"], 2);
         assert_eq!(data["presence"]["ids"], serde_json::json!(["10", "11"]));
         assert_eq!(data["presence"]["hash"]["10"]["name"], "A");

@@ -33,7 +33,11 @@ pub fn md5_hex(body: &[u8]) -> String {
 }
 
 /// The string a channel subscription signs (§6.2).
-pub fn channel_string_to_sign(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
+pub fn channel_string_to_sign(
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+) -> String {
     match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),
@@ -64,7 +68,12 @@ pub enum AuthError {
 }
 
 /// Checks an `auth` field against the app's key and secret.
-pub fn verify_auth(key: &str, secret: &str, auth: &str, string_to_sign: &str) -> Result<(), AuthError> {
+pub fn verify_auth(
+    key: &str,
+    secret: &str,
+    auth: &str,
+    string_to_sign: &str,
+) -> Result<(), AuthError> {
     let (given_key, given_hex) = auth.split_once(':').ok_or(AuthError::Malformed)?;
     if given_key != key {
         return Err(AuthError::WrongKey(given_key.to_owned()));
@@ -90,15 +99,13 @@ pub fn percent_decode(input: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push(hi << 4 | lo);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -138,12 +145,18 @@ pub enum RequestAuthError {
     #[error("Invalid auth_timestamp {0:?}")]
     BadTimestamp(String),
     #[error("Timestamp expired: Given timestamp ({given}) not within {window_secs}s of server time ({now})")]
-    TimestampExpired { given: u64, now: u64, window_secs: u64 },
+    TimestampExpired {
+        given: u64,
+        now: u64,
+        window_secs: u64,
+    },
     #[error("body_md5 is required for a request with a body")]
     BodyMd5Missing,
     #[error("body_md5 does not match the MD5 of the body")]
     BodyMd5Mismatch,
-    #[error("Invalid signature: you should have sent HmacSHA256Hex({string_to_sign:?}, your_secret)")]
+    #[error(
+        "Invalid signature: you should have sent HmacSHA256Hex({string_to_sign:?}, your_secret)"
+    )]
     BadSignature { string_to_sign: String },
 }
 
@@ -280,7 +293,10 @@ mod tests {
         let s = channel_string_to_sign(SOCKET, "private-foobar", None);
         assert_eq!(s, "1234.1234:private-foobar");
         let a = auth(&s);
-        assert_eq!(a, "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4");
+        assert_eq!(
+            a,
+            "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
+        );
         assert_eq!(verify_auth(KEY, SECRET, &a, &s), Ok(()));
     }
 
@@ -288,44 +304,83 @@ mod tests {
     fn presence_channel_vectors() {
         let data = r#"{"user_id":"10","user_info":{"name":"Mr. Channels"}}"#;
         let s = channel_string_to_sign(SOCKET, "presence-foobar", Some(data));
-        assert_eq!(auth(&s), "278d425bdf160c739803:4c6d8fc42a207ba96a0779844171b0bb819d96ffceef9609f5cce596ab17a800");
+        assert_eq!(
+            auth(&s),
+            "278d425bdf160c739803:4c6d8fc42a207ba96a0779844171b0bb819d96ffceef9609f5cce596ab17a800"
+        );
         let data = r#"{"user_id":10,"user_info":{"name":"Mr. Channels"}}"#;
         let s = channel_string_to_sign(SOCKET, "presence-foobar", Some(data));
-        assert_eq!(auth(&s), "278d425bdf160c739803:31935e7d86dba64c2a90aed31fdc61869f9b22ba9d8863bba239c03ca481bc80");
+        assert_eq!(
+            auth(&s),
+            "278d425bdf160c739803:31935e7d86dba64c2a90aed31fdc61869f9b22ba9d8863bba239c03ca481bc80"
+        );
     }
 
     #[test]
     fn user_signin_vectors() {
         let cases = [
-            (r#"{"id":"12345"}"#, "4708d583dada6a56435fb8bc611c77c359a31eebde13337c16ab43aa6de336ba"),
-            (r#"{"id":"10","user_info":{"name":"Mr. Channels"}}"#, "aaa4ab4b01d77a2114ba482448abfb2de8f75152d692e1524f86b0b2b04ad7c9"),
-            (r#"{"id":"10","user_info":{"name":"Mr. Channels"},"watchlist":["11","12"]}"#, "986dbe7473ca6468b3b4356cc4ad21d96e155cd985c649b51e14aa162355e49f"),
+            (
+                r#"{"id":"12345"}"#,
+                "4708d583dada6a56435fb8bc611c77c359a31eebde13337c16ab43aa6de336ba",
+            ),
+            (
+                r#"{"id":"10","user_info":{"name":"Mr. Channels"}}"#,
+                "aaa4ab4b01d77a2114ba482448abfb2de8f75152d692e1524f86b0b2b04ad7c9",
+            ),
+            (
+                r#"{"id":"10","user_info":{"name":"Mr. Channels"},"watchlist":["11","12"]}"#,
+                "986dbe7473ca6468b3b4356cc4ad21d96e155cd985c649b51e14aa162355e49f",
+            ),
         ];
         for (user_data, hex) in cases {
             let s = user_string_to_sign(SOCKET, user_data);
             assert_eq!(auth(&s), format!("{KEY}:{hex}"));
-            assert_eq!(verify_auth(KEY, SECRET, &format!("{KEY}:{hex}"), &s), Ok(()));
+            assert_eq!(
+                verify_auth(KEY, SECRET, &format!("{KEY}:{hex}"), &s),
+                Ok(())
+            );
         }
-        assert_eq!(user_string_to_sign(SOCKET, r#"{"id":"12345"}"#), r#"1234.1234::user::{"id":"12345"}"#);
+        assert_eq!(
+            user_string_to_sign(SOCKET, r#"{"id":"12345"}"#),
+            r#"1234.1234::user::{"id":"12345"}"#
+        );
     }
 
     #[test]
     fn encrypted_channel_auth_vector() {
         let s = channel_string_to_sign(SOCKET, "private-encrypted-foobar", None);
-        assert_eq!(auth(&s), "278d425bdf160c739803:e6a18892d037c5d5e76a2265df4f086ffc38631605530dfd214aa5bff495f533");
+        assert_eq!(
+            auth(&s),
+            "278d425bdf160c739803:e6a18892d037c5d5e76a2265df4f086ffc38631605530dfd214aa5bff495f533"
+        );
     }
 
     #[test]
     fn auth_rejections() {
         let s = channel_string_to_sign(SOCKET, "private-foobar", None);
-        assert_eq!(verify_auth(KEY, SECRET, "nocolon", &s), Err(AuthError::Malformed));
-        assert!(matches!(verify_auth(KEY, SECRET, "other:abc", &s), Err(AuthError::WrongKey(_))));
+        assert_eq!(
+            verify_auth(KEY, SECRET, "nocolon", &s),
+            Err(AuthError::Malformed)
+        );
+        assert!(matches!(
+            verify_auth(KEY, SECRET, "other:abc", &s),
+            Err(AuthError::WrongKey(_))
+        ));
         let forged = format!("{KEY}:{}", "0".repeat(64));
-        assert!(matches!(verify_auth(KEY, SECRET, &forged, &s), Err(AuthError::BadSignature(_))));
+        assert!(matches!(
+            verify_auth(KEY, SECRET, &forged, &s),
+            Err(AuthError::BadSignature(_))
+        ));
     }
 
     /// (path, method, body, extra params, expected query) of §16.5 (a)–(g).
-    fn http_vectors() -> Vec<(&'static str, &'static str, &'static str, Vec<(&'static str, &'static str)>, &'static str)> {
+    fn http_vectors() -> Vec<(
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        &'static str,
+    )> {
         vec![
             ("/apps/3/events", "POST", r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#, vec![],
              "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f&auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"),
@@ -349,21 +404,41 @@ mod tests {
         for (path, method, body, extra, expected) in http_vectors() {
             let query = sign_request(KEY, SECRET, method, path, &extra, body.as_bytes(), NOW);
             assert_eq!(query, expected, "{method} {path}");
-            let request = SignedRequest { method, path, raw_query: expected, body: body.as_bytes() };
-            assert_eq!(verify_request(request, KEY, SECRET, NOW, 600), Ok(()), "{method} {path}");
+            let request = SignedRequest {
+                method,
+                path,
+                raw_query: expected,
+                body: body.as_bytes(),
+            };
+            assert_eq!(
+                verify_request(request, KEY, SECRET, NOW, 600),
+                Ok(()),
+                "{method} {path}"
+            );
         }
     }
 
     #[test]
     fn http_request_rejections() {
         let (path, method, body, _, query) = http_vectors().remove(1);
-        let req = |raw_query, body: &'static str| SignedRequest { method, path, raw_query, body: body.as_bytes() };
+        let req = |raw_query, body: &'static str| SignedRequest {
+            method,
+            path,
+            raw_query,
+            body: body.as_bytes(),
+        };
         assert!(matches!(
             verify_request(req(query, body), KEY, SECRET, NOW + 601, 600),
             Err(RequestAuthError::TimestampExpired { .. })
         ));
-        assert_eq!(verify_request(req(query, "{}"), KEY, SECRET, NOW, 600), Err(RequestAuthError::BodyMd5Mismatch));
-        assert_eq!(verify_request(req(query, body), "other", SECRET, NOW, 600), Err(RequestAuthError::WrongKey));
+        assert_eq!(
+            verify_request(req(query, "{}"), KEY, SECRET, NOW, 600),
+            Err(RequestAuthError::BodyMd5Mismatch)
+        );
+        assert_eq!(
+            verify_request(req(query, body), "other", SECRET, NOW, 600),
+            Err(RequestAuthError::WrongKey)
+        );
         assert!(matches!(
             verify_request(req(query, body), KEY, "wrong-secret", NOW, 600),
             Err(RequestAuthError::BadSignature { .. })
@@ -378,20 +453,38 @@ mod tests {
     fn percent_encoded_values_verify() {
         // A client that percent-encodes the comma still signs the unescaped value.
         let (path, method, body, _, query) = http_vectors().remove(3);
-        let encoded = query.replace("user_count,subscription_count", "user_count%2Csubscription_count");
-        let request = SignedRequest { method, path, raw_query: &encoded, body: body.as_bytes() };
+        let encoded = query.replace(
+            "user_count,subscription_count",
+            "user_count%2Csubscription_count",
+        );
+        let request = SignedRequest {
+            method,
+            path,
+            raw_query: &encoded,
+            body: body.as_bytes(),
+        };
         assert_eq!(verify_request(request, KEY, SECRET, NOW, 600), Ok(()));
     }
 
     #[test]
     fn webhook_vector() {
         let body = r#"{"time_ms":1327078148132,"events":[{"name":"channel_occupied","channel":"test-channel"}]}"#;
-        assert_eq!(webhook_signature(SECRET, body.as_bytes()), "5dd6562a9f744b72a688bcdfea41c14c2c56d12c44c99e32c08face4cc1e8aeb");
+        assert_eq!(
+            webhook_signature(SECRET, body.as_bytes()),
+            "5dd6562a9f744b72a688bcdfea41c14c2c56d12c44c99e32c08face4cc1e8aeb"
+        );
     }
 
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("a%2Cb+c%zz%"), "a,b c%zz%");
-        assert_eq!(parse_query("a=1&&b&c=%41"), vec![("a".into(), "1".into()), ("b".into(), "".into()), ("c".into(), "A".into())]);
+        assert_eq!(
+            parse_query("a=1&&b&c=%41"),
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "".into()),
+                ("c".into(), "A".into())
+            ]
+        );
     }
 }

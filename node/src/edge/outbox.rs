@@ -190,7 +190,8 @@ impl Conn {
                 }
                 count
             };
-            let slices: [IoSlice<'_>; WRITE_BATCH_FRAMES] = std::array::from_fn(|i| IoSlice::new(&batch[i]));
+            let slices: [IoSlice<'_>; WRITE_BATCH_FRAMES] =
+                std::array::from_fn(|i| IoSlice::new(&batch[i]));
             let written = match stream.try_write_vectored(&slices[..count]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,

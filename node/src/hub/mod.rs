@@ -111,7 +111,8 @@ impl Hub {
 
     fn count_subscriptions(&self, delta: i64) {
         let now = self.subscriptions.fetch_add(delta, Ordering::Relaxed) + delta;
-        metrics::gauge!(crate::telemetry::SUBSCRIPTIONS, "app" => self.app_id.to_string()).set(now as f64);
+        metrics::gauge!(crate::telemetry::SUBSCRIPTIONS, "app" => self.app_id.to_string())
+            .set(now as f64);
     }
 
     /// Adds `conn` to `channel`, sends it `subscription_succeeded` (with the roster on
@@ -137,7 +138,10 @@ impl Hub {
             }
             let user_id = member.user_id.clone();
             let first_connection = roster.join(member);
-            conn.push_text(&frame::presence_subscription_succeeded(channel, roster.members()));
+            conn.push_text(&frame::presence_subscription_succeeded(
+                channel,
+                roster.members(),
+            ));
             if first_connection {
                 if let Some(info) = roster.info(&user_id) {
                     let added = codec::text_frame(&frame::member_added(channel, &user_id, info));
@@ -156,7 +160,9 @@ impl Hub {
         entry.subscribers.insert(conn.socket_id, conn.clone());
         self.count_subscriptions(1);
         if newly_occupied {
-            self.raise(WebhookEvent::ChannelOccupied { channel: channel.into() });
+            self.raise(WebhookEvent::ChannelOccupied {
+                channel: channel.into(),
+            });
         }
         if kind.cache {
             match shard.cache.get(channel) {
@@ -165,7 +171,9 @@ impl Hub {
                 }
                 _ => {
                     conn.push_text(&frame::cache_miss(channel));
-                    self.raise(WebhookEvent::CacheMiss { channel: channel.into() });
+                    self.raise(WebhookEvent::CacheMiss {
+                        channel: channel.into(),
+                    });
                 }
             }
         }
@@ -176,7 +184,10 @@ impl Hub {
     pub fn acknowledge_again(&self, channel: &str, conn: &Conn) {
         let shard = self.shard(channel);
         match shard.channels.get(channel).and_then(|c| c.roster.as_ref()) {
-            Some(roster) => conn.push_text(&frame::presence_subscription_succeeded(channel, roster.members())),
+            Some(roster) => conn.push_text(&frame::presence_subscription_succeeded(
+                channel,
+                roster.members(),
+            )),
             None => conn.push_text(&frame::subscription_succeeded(channel)),
         };
     }
@@ -206,13 +217,21 @@ impl Hub {
         }
         if state.subscribers.is_empty() {
             entry.remove();
-            self.raise(WebhookEvent::ChannelVacated { channel: channel.into() });
+            self.raise(WebhookEvent::ChannelVacated {
+                channel: channel.into(),
+            });
         }
     }
 
     /// Sends one encoded frame to every subscriber but `except`; returns how many got it.
     /// On cache channels the frame also becomes the cached event.
-    pub fn publish(&self, channel: &str, frame: Bytes, data: Option<&str>, except: Option<SocketId>) -> usize {
+    pub fn publish(
+        &self,
+        channel: &str,
+        frame: Bytes,
+        data: Option<&str>,
+        except: Option<SocketId>,
+    ) -> usize {
         let kind = ChannelKind::of(channel);
         let mut shard = self.shard(channel);
         if kind.cache {
@@ -240,7 +259,11 @@ impl Hub {
         if shard.cache.len() >= self.cache_entries_per_shard && !shard.cache.contains_key(channel) {
             shard.cache.retain(|_, c| c.expires > now);
             if shard.cache.len() >= self.cache_entries_per_shard {
-                let oldest = shard.cache.iter().min_by_key(|(_, c)| c.expires).map(|(k, _)| k.clone());
+                let oldest = shard
+                    .cache
+                    .iter()
+                    .min_by_key(|(_, c)| c.expires)
+                    .map(|(k, _)| k.clone());
                 if let Some(oldest) = oldest {
                     shard.cache.remove(&oldest);
                 }
@@ -259,15 +282,22 @@ impl Hub {
     /// The cached event of `channel`, if one is live.
     pub fn cached(&self, channel: &str) -> Option<CachedEvent> {
         let shard = self.shard(channel);
-        shard.cache.get(channel).filter(|c| c.expires > Instant::now()).cloned()
+        shard
+            .cache
+            .get(channel)
+            .filter(|c| c.expires > Instant::now())
+            .cloned()
     }
 
     pub fn stats(&self, channel: &str) -> ChannelStats {
         let shard = self.shard(channel);
-        shard.channels.get(channel).map_or_else(ChannelStats::default, |c| ChannelStats {
-            subscription_count: c.subscribers.len(),
-            user_count: c.roster.as_ref().map(Roster::len),
-        })
+        shard
+            .channels
+            .get(channel)
+            .map_or_else(ChannelStats::default, |c| ChannelStats {
+                subscription_count: c.subscribers.len(),
+                user_count: c.roster.as_ref().map(Roster::len),
+            })
     }
 
     /// The user ids of a presence channel.

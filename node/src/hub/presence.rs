@@ -69,7 +69,9 @@ impl Roster {
     }
 
     pub fn members(&self) -> impl Iterator<Item = (&str, Option<&RawValue>)> + Clone {
-        self.members.iter().map(|(id, m)| (id.as_str(), m.info.as_deref()))
+        self.members
+            .iter()
+            .map(|(id, m)| (id.as_str(), m.info.as_deref()))
     }
 }
 

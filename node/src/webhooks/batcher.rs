@@ -37,7 +37,10 @@ impl Batcher {
     /// Takes an event; false when it was dropped because the batcher is full.
     pub fn push(&mut self, now: Instant, event: WebhookEvent) -> bool {
         let cancels = |pending: &WebhookEvent| match (&event, pending) {
-            (WebhookEvent::ChannelOccupied { channel }, WebhookEvent::ChannelVacated { channel: c }) => c == channel,
+            (
+                WebhookEvent::ChannelOccupied { channel },
+                WebhookEvent::ChannelVacated { channel: c },
+            ) => c == channel,
             (
                 WebhookEvent::MemberAdded { channel, user_id },
                 WebhookEvent::MemberRemoved {
@@ -47,7 +50,11 @@ impl Batcher {
             ) => c == channel && u == user_id,
             _ => false,
         };
-        if let Some(i) = self.delayed.iter().position(|(_, pending)| cancels(pending)) {
+        if let Some(i) = self
+            .delayed
+            .iter()
+            .position(|(_, pending)| cancels(pending))
+        {
             self.delayed.remove(i);
             return true;
         }
@@ -118,7 +125,10 @@ mod tests {
         b.push(t0 + ms(10), occupied("b"));
         assert_eq!(b.next_deadline(), Some(t0 + ms(50)));
         assert!(b.poll(t0 + ms(49)).is_none());
-        assert_eq!(b.poll(t0 + ms(50)).unwrap(), vec![occupied("a"), occupied("b")]);
+        assert_eq!(
+            b.poll(t0 + ms(50)).unwrap(),
+            vec![occupied("a"), occupied("b")]
+        );
         assert!(b.is_empty());
     }
 
@@ -133,7 +143,10 @@ mod tests {
         assert!(b.is_empty(), "the channel came back: neither event is sent");
         b.push(t0, vacated("b"));
         assert_eq!(b.next_deadline(), Some(t0 + ms(3000)));
-        assert!(b.poll(t0 + ms(3000)).is_none(), "the delayed event opens a new window");
+        assert!(
+            b.poll(t0 + ms(3000)).is_none(),
+            "the delayed event opens a new window"
+        );
         assert_eq!(b.poll(t0 + ms(3050)).unwrap(), vec![vacated("b")]);
     }
 
@@ -141,8 +154,20 @@ mod tests {
     fn member_return_cancels_removal() {
         let t0 = Instant::now();
         let mut b = Batcher::new(Duration::ZERO, Duration::from_secs(3), 100);
-        b.push(t0, WebhookEvent::MemberRemoved { channel: "p".into(), user_id: "1".into() });
-        b.push(t0, WebhookEvent::MemberAdded { channel: "p".into(), user_id: "1".into() });
+        b.push(
+            t0,
+            WebhookEvent::MemberRemoved {
+                channel: "p".into(),
+                user_id: "1".into(),
+            },
+        );
+        b.push(
+            t0,
+            WebhookEvent::MemberAdded {
+                channel: "p".into(),
+                user_id: "1".into(),
+            },
+        );
         assert!(b.is_empty());
     }
 

@@ -61,7 +61,11 @@ const BATCH_QUEUE_MAX: usize = 256;
 
 impl Webhooks {
     /// Starts the app's batcher and sender; `None` when the app has no webhook URL.
-    pub fn spawn(app: &AppConfig, config: &WebhookConfig, client: reqwest::Client) -> Option<Webhooks> {
+    pub fn spawn(
+        app: &AppConfig,
+        config: &WebhookConfig,
+        client: reqwest::Client,
+    ) -> Option<Webhooks> {
         if app.webhooks.is_empty() {
             return None;
         }
@@ -92,7 +96,8 @@ impl Webhooks {
     /// Queues an event without waiting; a full queue drops it and counts the drop.
     pub fn raise(&self, event: WebhookEvent) {
         if self.events.try_send(event).is_err() {
-            metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => self.app_id.to_string()).increment(1);
+            metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => self.app_id.to_string())
+                .increment(1);
         }
     }
 }
@@ -117,7 +122,11 @@ async fn run_batcher(
             },
             _ = sleep_until_opt(deadline) => {}
         }
-        let now = if open { Instant::now().into_std() } else { std::time::Instant::now() + Duration::from_secs(3600) };
+        let now = if open {
+            Instant::now().into_std()
+        } else {
+            std::time::Instant::now() + Duration::from_secs(3600)
+        };
         while let Some(batch) = batcher.poll(now) {
             if batches.try_send(batch).is_err() {
                 metrics::counter!(telemetry::WEBHOOKS, "result" => "dropped").increment(1);

@@ -14,7 +14,10 @@ use super::{json, signed, ApiError};
 use crate::Shared;
 
 fn info_list(text: Option<&str>) -> Vec<&str> {
-    text.unwrap_or("").split(',').filter(|s| !s.is_empty()).collect()
+    text.unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 pub async fn list(
@@ -33,7 +36,11 @@ pub async fn list(
                 ))
             }
             "user_count" | "subscription_count" => {}
-            other => return Err(ApiError::bad_request(format!("Unknown info attribute {other:?}"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "Unknown info attribute {other:?}"
+                )))
+            }
         }
     }
     #[derive(Serialize)]
@@ -50,8 +57,12 @@ pub async fn list(
         .into_iter()
         .map(|(name, stats)| {
             let attributes = Attributes {
-                user_count: info.contains(&"user_count").then(|| stats.user_count.unwrap_or(0)),
-                subscription_count: info.contains(&"subscription_count").then_some(stats.subscription_count),
+                user_count: info
+                    .contains(&"user_count")
+                    .then(|| stats.user_count.unwrap_or(0)),
+                subscription_count: info
+                    .contains(&"subscription_count")
+                    .then_some(stats.subscription_count),
             };
             (name, attributes)
         })
@@ -77,11 +88,17 @@ pub async fn info(
                 out.insert("user_count".into(), value!(stats.user_count.unwrap_or(0)));
             }
             "subscription_count" => {
-                out.insert("subscription_count".into(), value!(stats.subscription_count));
+                out.insert(
+                    "subscription_count".into(),
+                    value!(stats.subscription_count),
+                );
             }
             "cache" if kind.cache => {
                 let cached = signed.app.hub.cached(&name).map(|c| {
-                    let ttl = c.expires.saturating_duration_since(Instant::now()).as_secs();
+                    let ttl = c
+                        .expires
+                        .saturating_duration_since(Instant::now())
+                        .as_secs();
                     value!({ "data": &*c.data, "ttl": ttl })
                 });
                 out.insert("cache".into(), cached.unwrap_or(serde_json::Value::Null));
@@ -91,7 +108,11 @@ pub async fn info(
                     "info={attribute} does not apply to channel {name:?}"
                 )))
             }
-            other => return Err(ApiError::bad_request(format!("Unknown info attribute {other:?}"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "Unknown info attribute {other:?}"
+                )))
+            }
         }
     }
     Ok(json(&out))
@@ -104,7 +125,9 @@ pub async fn users(
 ) -> Result<Response, ApiError> {
     let signed = signed(&shared, &app_id, request).await?;
     if !ChannelKind::of(&name).is_presence() || channel::validate_channel_name(&name).is_err() {
-        return Err(ApiError::bad_request("Users can only be listed for presence channels"));
+        return Err(ApiError::bad_request(
+            "Users can only be listed for presence channels",
+        ));
     }
     let users: Vec<_> = signed
         .app

@@ -64,15 +64,23 @@ struct Event {
 
 fn validate(body: EventBody<'_>, app: &App) -> Result<Event, ApiError> {
     if body.name.is_empty() || body.name.len() > EVENT_NAME_MAX {
-        return Err(ApiError::bad_request(format!("Event name must be 1 to {EVENT_NAME_MAX} characters")));
+        return Err(ApiError::bad_request(format!(
+            "Event name must be 1 to {EVENT_NAME_MAX} characters"
+        )));
     }
     if body.name.starts_with("pusher:") || body.name.starts_with("pusher_internal:") {
-        return Err(ApiError::bad_request("Event names starting with pusher: are reserved"));
+        return Err(ApiError::bad_request(
+            "Event names starting with pusher: are reserved",
+        ));
     }
     let channels = match (body.channels, body.channel) {
         (Some(list), None) => list,
         (None, Some(one)) => vec![one],
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("Give either channels or channel, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "Give either channels or channel, not both",
+            ))
+        }
         (None, None) => return Err(ApiError::bad_request("Missing channels")),
     };
     if channels.is_empty() || channels.len() > CHANNELS_PER_EVENT_MAX {
@@ -98,7 +106,8 @@ fn validate(body: EventBody<'_>, app: &App) -> Result<Event, ApiError> {
     let except = match body.socket_id.as_deref() {
         None => None,
         Some(text) => Some(
-            SocketId::parse(text).ok_or_else(|| ApiError::bad_request(format!("Invalid socket_id {text:?}")))?,
+            SocketId::parse(text)
+                .ok_or_else(|| ApiError::bad_request(format!("Invalid socket_id {text:?}")))?,
         ),
     };
     let info: Vec<String> = body
@@ -111,7 +120,9 @@ fn validate(body: EventBody<'_>, app: &App) -> Result<Event, ApiError> {
         .collect();
     for attribute in &info {
         if attribute != "user_count" && attribute != "subscription_count" {
-            return Err(ApiError::bad_request(format!("Unknown info attribute {attribute:?}")));
+            return Err(ApiError::bad_request(format!(
+                "Unknown info attribute {attribute:?}"
+            )));
         }
     }
     Ok(Event {
@@ -133,13 +144,19 @@ fn publish(app: &App, event: &Event) -> usize {
             Some(user_id) => app
                 .user_connections(user_id)
                 .iter()
-                .filter(|c| Some(c.socket_id) != event.except && c.push(encoded.clone()) == Pushed::Queued)
+                .filter(|c| {
+                    Some(c.socket_id) != event.except && c.push(encoded.clone()) == Pushed::Queued
+                })
                 .count(),
-            None => app.hub.publish(channel, encoded, Some(&event.data), event.except),
+            None => app
+                .hub
+                .publish(channel, encoded, Some(&event.data), event.except),
         };
     }
-    metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => app.id.to_string(), "source" => "api").increment(1);
-    metrics::counter!(telemetry::MESSAGES_OUT, "app" => app.id.to_string()).increment(delivered as u64);
+    metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => app.id.to_string(), "source" => "api")
+        .increment(1);
+    metrics::counter!(telemetry::MESSAGES_OUT, "app" => app.id.to_string())
+        .increment(delivered as u64);
     delivered
 }
 
@@ -152,7 +169,8 @@ fn channel_info(app: &App, event: &Event) -> BTreeMap<String, ChannelInfo> {
             let stats = app.hub.stats(name);
             let is_presence = channel::ChannelKind::of(name).is_presence();
             let info = ChannelInfo {
-                user_count: (wants("user_count") && is_presence).then(|| stats.user_count.unwrap_or(0)),
+                user_count: (wants("user_count") && is_presence)
+                    .then(|| stats.user_count.unwrap_or(0)),
                 subscription_count: wants("subscription_count").then_some(stats.subscription_count),
             };
             (name.clone(), info)
@@ -172,7 +190,9 @@ pub async fn events(
     if event.info.is_empty() {
         return Ok(json(&serde_json::json!({})));
     }
-    Ok(json(&serde_json::json!({ "channels": channel_info(&signed.app, &event) })))
+    Ok(json(
+        &serde_json::json!({ "channels": channel_info(&signed.app, &event) }),
+    ))
 }
 
 pub async fn batch_events(
@@ -202,7 +222,12 @@ pub async fn batch_events(
     }
     let batch: Vec<ChannelInfo> = events
         .iter()
-        .map(|e| channel_info(&signed.app, e).into_values().next().unwrap_or_default())
+        .map(|e| {
+            channel_info(&signed.app, e)
+                .into_values()
+                .next()
+                .unwrap_or_default()
+        })
         .collect();
     Ok(json(&serde_json::json!({ "batch": batch })))
 }

@@ -57,7 +57,12 @@ impl IntoResponse for ApiError {
             code: self.status.as_u16(),
         })
         .unwrap_or_default();
-        (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -79,17 +84,18 @@ pub struct Signed {
 
 impl Signed {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Authenticates an API request for `app_id`.
 pub async fn signed(shared: &Shared, app_id: &str, request: Request) -> Result<Signed, ApiError> {
-    let app = shared
-        .apps
-        .by_id(app_id)
-        .cloned()
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("Unknown app id {app_id:?}")))?;
+    let app = shared.apps.by_id(app_id).cloned().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("Unknown app id {app_id:?}"))
+    })?;
     let (parts, body) = request.into_parts();
     let limit = shared.config.http_body_bytes_max;
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -109,8 +115,14 @@ pub async fn signed(shared: &Shared, app_id: &str, request: Request) -> Result<S
         body: &body,
     };
     let config = &app.config;
-    signing::verify_request(request, &config.key, &config.secret, now, shared.config.timestamp_window_secs)
-        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    signing::verify_request(
+        request,
+        &config.key,
+        &config.secret,
+        now,
+        shared.config.timestamp_window_secs,
+    )
+    .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
     if !config.enabled {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "App is disabled"));
     }
@@ -146,17 +158,27 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/apps/{app_id}/batch_events", post(events::batch_events))
         .route("/apps/{app_id}/channels", get(channels::list))
         .route("/apps/{app_id}/channels/{channel}", get(channels::info))
-        .route("/apps/{app_id}/channels/{channel}/users", get(channels::users))
-        .route("/apps/{app_id}/users/{user_id}/terminate_connections", post(users::terminate))
+        .route(
+            "/apps/{app_id}/channels/{channel}/users",
+            get(channels::users),
+        )
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            post(users::terminate),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            count_requests,
+        ))
         .with_state(shared)
 }
 
 /// Rejects bodies that are not a JSON object of type `T`.
 pub fn parse_body<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
 }

@@ -17,7 +17,10 @@ pub async fn terminate(
     let signed = signed(&shared, &app_id, request).await?;
     for conn in signed.app.user_connections(&user_id) {
         crate::telemetry::count_error(Some(ErrorCode::Unauthorized.as_u16()), "terminated_by_app");
-        conn.close(ErrorCode::Unauthorized.as_u16(), "You got disconnected by the app.");
+        conn.close(
+            ErrorCode::Unauthorized.as_u16(),
+            "You got disconnected by the app.",
+        );
     }
     Ok(json(&serde_json::json!({})))
 }

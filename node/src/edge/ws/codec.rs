@@ -151,7 +151,10 @@ impl MessageReader {
                         return Err(CodecError::Protocol("continuation without a first frame"));
                     };
                     if body.len() + payload.len() > max_bytes {
-                        return Err(CodecError::TooBig((body.len() + payload.len()) as u64, max_bytes));
+                        return Err(CodecError::TooBig(
+                            (body.len() + payload.len()) as u64,
+                            max_bytes,
+                        ));
                     }
                     body.extend_from_slice(&payload);
                     if fin {
@@ -190,7 +193,9 @@ impl MessageReader {
             n => (n as u64, 2),
         };
         if opcode >= 0x8 && (!fin || len > 125) {
-            return Err(CodecError::Protocol("control frames must be final and short"));
+            return Err(CodecError::Protocol(
+                "control frames must be final and short",
+            ));
         }
         if len > max_bytes as u64 {
             return Err(CodecError::TooBig(len, max_bytes));

@@ -164,7 +164,11 @@ async fn finish(mut stream: TcpStream, end: End) {
         End::Gone => return,
         End::Close(close) => (close.code, close.reason),
         End::ClientClosed(code) => {
-            let code = if code == 1005 || code < 1000 { ws_close::NORMAL } else { code };
+            let code = if code == 1005 || code < 1000 {
+                ws_close::NORMAL
+            } else {
+                code
+            };
             (code, "")
         }
     };
@@ -193,5 +197,12 @@ async fn finish(mut stream: TcpStream, end: End) {
 /// Refuses a connection during the handshake: a `pusher:error` first, then the close (§2.2).
 pub async fn refuse(stream: TcpStream, code: ErrorCode, message: &'static str) {
     telemetry::count_error(Some(code.as_u16()), "connection_refused");
-    finish(stream, End::Close(Close { code: code.as_u16(), reason: message })).await;
+    finish(
+        stream,
+        End::Close(Close {
+            code: code.as_u16(),
+            reason: message,
+        }),
+    )
+    .await;
 }

@@ -42,10 +42,17 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 /// The Pusher protocol check of §2.1: `protocol` 4..=7 is accepted.
 fn check_protocol(query: Option<&str>) -> Result<(), (ErrorCode, &'static str)> {
     let params = parse_query(query.unwrap_or(""));
-    match params.iter().find(|(k, _)| k == "protocol").map(|(_, v)| v.as_str()) {
+    match params
+        .iter()
+        .find(|(k, _)| k == "protocol")
+        .map(|(_, v)| v.as_str())
+    {
         None => Err((ErrorCode::NoProtocol, "No protocol version supplied")),
         Some(v) if matches!(v.parse::<u8>(), Ok(4..=7)) => Ok(()),
-        Some(_) => Err((ErrorCode::UnsupportedProtocol, "Unsupported protocol version")),
+        Some(_) => Err((
+            ErrorCode::UnsupportedProtocol,
+            "Unsupported protocol version",
+        )),
     }
 }
 
@@ -61,11 +68,22 @@ pub async fn upgrade(
     let version_ok = headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v.as_bytes() == b"13");
-    let Some(client_key) = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| accept_key(k.as_bytes())) else {
-        return (StatusCode::BAD_REQUEST, "Expected a WebSocket upgrade on /app/{key}\n").into_response();
+    let Some(client_key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| accept_key(k.as_bytes()))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "Expected a WebSocket upgrade on /app/{key}\n",
+        )
+            .into_response();
     };
     if !is_websocket || !version_ok {
-        return (StatusCode::BAD_REQUEST, "Expected a WebSocket upgrade (version 13) on /app/{key}\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "Expected a WebSocket upgrade (version 13) on /app/{key}\n",
+        )
+            .into_response();
     }
     let Ok(accept) = HeaderValue::from_str(&client_key) else {
         return StatusCode::BAD_REQUEST.into_response();
@@ -104,7 +122,12 @@ async fn start_session(
         return connection::refuse(stream, code, message).await;
     }
     if shared.is_draining() {
-        return connection::refuse(stream, ErrorCode::ReconnectImmediately, "Node is shutting down").await;
+        return connection::refuse(
+            stream,
+            ErrorCode::ReconnectImmediately,
+            "Node is shutting down",
+        )
+        .await;
     }
     let Some(app) = shared.apps.by_key(&key).cloned() else {
         return connection::refuse(stream, ErrorCode::AppNotFound, "App key does not exist").await;
@@ -120,8 +143,12 @@ async fn start_session(
             return connection::refuse(stream, ErrorCode::AppDisabled, "App is disabled").await;
         }
         Err(AdmitError::OverQuota) => {
-            return connection::refuse(stream, ErrorCode::OverConnectionQuota, "App is over its connection quota")
-                .await;
+            return connection::refuse(
+                stream,
+                ErrorCode::OverConnectionQuota,
+                "App is over its connection quota",
+            )
+            .await;
         }
     }
     let established = relaymesh_proto::frame::connection_established(
@@ -139,7 +166,10 @@ mod tests {
 
     #[test]
     fn accept_key_of_rfc6455_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaGoFGUg1qeIBe5ofs=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaGoFGUg1qeIBe5ofs="
+        );
     }
 
     #[test]
@@ -147,7 +177,13 @@ mod tests {
         assert!(check_protocol(Some("protocol=7&client=js")).is_ok());
         assert!(check_protocol(Some("protocol=4")).is_ok());
         assert_eq!(check_protocol(None).unwrap_err().0, ErrorCode::NoProtocol);
-        assert_eq!(check_protocol(Some("protocol=3")).unwrap_err().0, ErrorCode::UnsupportedProtocol);
-        assert_eq!(check_protocol(Some("protocol=x")).unwrap_err().0, ErrorCode::UnsupportedProtocol);
+        assert_eq!(
+            check_protocol(Some("protocol=3")).unwrap_err().0,
+            ErrorCode::UnsupportedProtocol
+        );
+        assert_eq!(
+            check_protocol(Some("protocol=x")).unwrap_err().0,
+            ErrorCode::UnsupportedProtocol
+        );
     }
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use relaymesh_proto::channel::{self, ChannelAuth, ChannelKind, EVENT_NAME_MAX};
 use relaymesh_proto::codes::ErrorCode;
-use relaymesh_proto::frame::{self, ClientFrame, PresenceMember, SigninData, SubscribeData, UnsubscribeData};
+use relaymesh_proto::frame::{
+    self, ClientFrame, PresenceMember, SigninData, SubscribeData, UnsubscribeData,
+};
 use relaymesh_proto::signing;
 use serde_json::value::RawValue;
 
@@ -81,13 +83,26 @@ impl Session {
         &self.app
     }
 
-    fn error(&self, code: Option<ErrorCode>, message: &str, channel: Option<&str>, reason: &'static str) {
+    fn error(
+        &self,
+        code: Option<ErrorCode>,
+        message: &str,
+        channel: Option<&str>,
+        reason: &'static str,
+    ) {
         let code = code.map(ErrorCode::as_u16);
         telemetry::count_error(code, reason);
         self.conn.push_text(&frame::error(code, message, channel));
     }
 
-    fn subscription_error(&self, channel: &str, kind: &str, message: &str, status: u16, reason: &'static str) {
+    fn subscription_error(
+        &self,
+        channel: &str,
+        kind: &str,
+        message: &str,
+        status: u16,
+        reason: &'static str,
+    ) {
         telemetry::count_error(Some(status), reason);
         self.conn
             .push_text(&frame::subscription_error(channel, kind, message, status));
@@ -107,11 +122,21 @@ impl Session {
             "pusher:pong" => {}
             "pusher:subscribe" => match frame.data_as::<SubscribeData>() {
                 Ok(data) => self.subscribe(data),
-                Err(e) => self.error(None, &format!("Invalid pusher:subscribe: {e}"), None, "bad_subscribe"),
+                Err(e) => self.error(
+                    None,
+                    &format!("Invalid pusher:subscribe: {e}"),
+                    None,
+                    "bad_subscribe",
+                ),
             },
             "pusher:unsubscribe" => match frame.data_as::<UnsubscribeData>() {
                 Ok(data) => self.unsubscribe(&data.channel),
-                Err(e) => self.error(None, &format!("Invalid pusher:unsubscribe: {e}"), None, "bad_unsubscribe"),
+                Err(e) => self.error(
+                    None,
+                    &format!("Invalid pusher:unsubscribe: {e}"),
+                    None,
+                    "bad_unsubscribe",
+                ),
             },
             "pusher:signin" => match frame.data_as::<SigninData>() {
                 Ok(data) => self.sign_in(data),
@@ -123,7 +148,12 @@ impl Session {
                 ),
             },
             name if name.starts_with("client-") => self.client_event(&frame),
-            name => self.error(None, &format!("Unsupported event {name:?}"), None, "unknown_event"),
+            name => self.error(
+                None,
+                &format!("Unsupported event {name:?}"),
+                None,
+                "unknown_event",
+            ),
         }
     }
 
@@ -131,21 +161,47 @@ impl Session {
         let name = data.channel.as_str();
         let kind = match channel::validate_channel_name(name) {
             Ok(kind) => kind,
-            Err(e) => return self.subscription_error(name, "InvalidChannel", &e.to_string(), 400, "invalid_channel"),
+            Err(e) => {
+                return self.subscription_error(
+                    name,
+                    "InvalidChannel",
+                    &e.to_string(),
+                    400,
+                    "invalid_channel",
+                )
+            }
         };
         if self.subscriptions.contains_key(name) {
             self.app.hub.acknowledge_again(name, &self.conn);
             return;
         }
         if self.subscriptions.len() >= SUBSCRIPTIONS_PER_CONNECTION_MAX {
-            let msg = format!("A connection may hold at most {SUBSCRIPTIONS_PER_CONNECTION_MAX} subscriptions");
-            return self.subscription_error(name, "LimitReached", &msg, 4100, "too_many_subscriptions");
+            let msg = format!(
+                "A connection may hold at most {SUBSCRIPTIONS_PER_CONNECTION_MAX} subscriptions"
+            );
+            return self.subscription_error(
+                name,
+                "LimitReached",
+                &msg,
+                4100,
+                "too_many_subscriptions",
+            );
         }
         let member = match self.authorize(name, kind, &data) {
             Ok(member) => member,
             Err((status, message)) => {
-                let kind = if status == 400 { "InvalidChannelData" } else { "AuthError" };
-                return self.subscription_error(name, kind, &message, status, "subscription_refused");
+                let kind = if status == 400 {
+                    "InvalidChannelData"
+                } else {
+                    "AuthError"
+                };
+                return self.subscription_error(
+                    name,
+                    kind,
+                    &message,
+                    status,
+                    "subscription_refused",
+                );
             }
         };
         let user_id = member.as_ref().map(|m| m.user_id.clone().into_boxed_str());
@@ -172,7 +228,8 @@ impl Session {
         let auth = data.auth.as_deref().unwrap_or("");
         let check = |channel_data: Option<&str>| {
             let to_sign = signing::channel_string_to_sign(&socket_id, channel, channel_data);
-            signing::verify_auth(&config.key, &config.secret, auth, &to_sign).map_err(|e| (401, e.to_string()))
+            signing::verify_auth(&config.key, &config.secret, auth, &to_sign)
+                .map_err(|e| (401, e.to_string()))
         };
         match kind.auth {
             ChannelAuth::Public => Ok(None),
@@ -191,13 +248,19 @@ impl Session {
                         user_info: user.info.clone(),
                     }))
                 }
-                (None, None) => Err((400, "Presence channels need channel_data or a signed-in user".into())),
+                (None, None) => Err((
+                    400,
+                    "Presence channels need channel_data or a signed-in user".into(),
+                )),
             },
             ChannelAuth::ServerToUser => {
                 let owner = channel::server_to_user_id(channel);
                 match &self.user {
                     Some(user) if owner == Some(&*user.id) => Ok(None),
-                    _ => Err((403, "Only the signed-in user may subscribe to its own channel".into())),
+                    _ => Err((
+                        403,
+                        "Only the signed-in user may subscribe to its own channel".into(),
+                    )),
                 }
             }
         }
@@ -205,7 +268,9 @@ impl Session {
 
     fn unsubscribe(&mut self, channel: &str) {
         if let Some(user_id) = self.subscriptions.remove(channel) {
-            self.app.hub.unsubscribe(channel, self.conn.socket_id, user_id.as_deref());
+            self.app
+                .hub
+                .unsubscribe(channel, self.conn.socket_id, user_id.as_deref());
         }
     }
 
@@ -214,11 +279,23 @@ impl Session {
         let config = &self.app.config;
         let to_sign = signing::user_string_to_sign(&socket_id, &data.user_data);
         if let Err(e) = signing::verify_auth(&config.key, &config.secret, &data.auth, &to_sign) {
-            return self.error(Some(ErrorCode::Unauthorized), &e.to_string(), None, "signin_refused");
+            return self.error(
+                Some(ErrorCode::Unauthorized),
+                &e.to_string(),
+                None,
+                "signin_refused",
+            );
         }
         let user = match frame::parse_user_data(&data.user_data, config.max_user_info_bytes) {
             Ok(user) => user,
-            Err(e) => return self.error(Some(ErrorCode::Unauthorized), &e.to_string(), None, "signin_refused"),
+            Err(e) => {
+                return self.error(
+                    Some(ErrorCode::Unauthorized),
+                    &e.to_string(),
+                    None,
+                    "signin_refused",
+                )
+            }
         };
         match &self.user {
             Some(current) if *current.id != user.id => {
@@ -234,8 +311,16 @@ impl Session {
         }));
         self.conn.push_text(&frame::signin_success(&data.user_data));
         if user.watchlist_truncated {
-            let msg = format!("Watchlist limit exceeded: only the first {} ids were accepted", frame::WATCHLIST_MAX);
-            self.error(Some(ErrorCode::WatchlistLimit), &msg, None, "watchlist_limit");
+            let msg = format!(
+                "Watchlist limit exceeded: only the first {} ids were accepted",
+                frame::WATCHLIST_MAX
+            );
+            self.error(
+                Some(ErrorCode::WatchlistLimit),
+                &msg,
+                None,
+                "watchlist_limit",
+            );
         }
     }
 
@@ -244,37 +329,72 @@ impl Session {
         let channel = frame.channel.as_deref().unwrap_or("");
         let reject = |session: &Self, message: &str, reason| {
             let channel = (!channel.is_empty()).then_some(channel);
-            session.error(Some(ErrorCode::ClientEventRejected), message, channel, reason);
+            session.error(
+                Some(ErrorCode::ClientEventRejected),
+                message,
+                channel,
+                reason,
+            );
         };
         if !self.app.config.client_events {
-            return reject(self, "Client events are not enabled for this app", "client_events_disabled");
+            return reject(
+                self,
+                "Client events are not enabled for this app",
+                "client_events_disabled",
+            );
         }
         if event.len() > EVENT_NAME_MAX {
             return reject(self, "Event name is too long", "client_event_name");
         }
         let Some(user_id) = self.subscriptions.get(channel) else {
-            return reject(self, "Client events need a subscription to the channel", "client_event_not_subscribed");
+            return reject(
+                self,
+                "Client events need a subscription to the channel",
+                "client_event_not_subscribed",
+            );
         };
         let kind = ChannelKind::of(channel);
         if !kind.allows_client_events() {
-            return reject(self, "Client events are only allowed on private and presence channels", "client_event_channel");
+            return reject(
+                self,
+                "Client events are only allowed on private and presence channels",
+                "client_event_channel",
+            );
         }
         let Some(raw) = frame.data else {
             return reject(self, "Client event has no data", "client_event_no_data");
         };
         let data = frame::data_as_text(raw);
         if data.len() > self.app.config.max_event_bytes {
-            let msg = format!("Event data is over {} bytes", self.app.config.max_event_bytes);
+            let msg = format!(
+                "Event data is over {} bytes",
+                self.app.config.max_event_bytes
+            );
             return reject(self, &msg, "client_event_too_large");
         }
-        if !self.client_events.take(self.app.config.client_event_rate, Instant::now()) {
-            return reject(self, "Client event rejected due to rate limit", "client_event_rate_limit");
+        if !self
+            .client_events
+            .take(self.app.config.client_event_rate, Instant::now())
+        {
+            return reject(
+                self,
+                "Client event rejected due to rate limit",
+                "client_event_rate_limit",
+            );
         }
-        let user_id = if kind.is_presence() { user_id.as_deref() } else { None };
+        let user_id = if kind.is_presence() {
+            user_id.as_deref()
+        } else {
+            None
+        };
         let encoded = codec::text_frame(&frame::channel_event(event, channel, &data, user_id));
-        let delivered = self.app.hub.publish(channel, encoded, None, Some(self.conn.socket_id));
+        let delivered = self
+            .app
+            .hub
+            .publish(channel, encoded, None, Some(self.conn.socket_id));
         metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => self.app.id.to_string(), "source" => "client").increment(1);
-        metrics::counter!(telemetry::MESSAGES_OUT, "app" => self.app.id.to_string()).increment(delivered as u64);
+        metrics::counter!(telemetry::MESSAGES_OUT, "app" => self.app.id.to_string())
+            .increment(delivered as u64);
         if let Some(webhooks) = &self.app.webhooks {
             webhooks.raise(WebhookEvent::ClientEvent {
                 channel: channel.into(),
@@ -289,7 +409,9 @@ impl Session {
     /// Leaves every channel and signs out; called once when the connection ends.
     pub fn end(&mut self) {
         for (channel, user_id) in self.subscriptions.drain() {
-            self.app.hub.unsubscribe(&channel, self.conn.socket_id, user_id.as_deref());
+            self.app
+                .hub
+                .unsubscribe(&channel, self.conn.socket_id, user_id.as_deref());
         }
         if let Some(user) = self.user.take() {
             self.app.sign_out(&user.id, self.conn.socket_id);
@@ -306,7 +428,10 @@ mod tests {
     #[test]
     fn token_bucket_allows_rate_per_second() {
         let t0 = Instant::now();
-        let mut bucket = TokenBucket { tokens: 10.0, refilled: t0 };
+        let mut bucket = TokenBucket {
+            tokens: 10.0,
+            refilled: t0,
+        };
         assert_eq!((0..15).filter(|_| bucket.take(10, t0)).count(), 10);
         assert!(bucket.take(10, t0 + Duration::from_millis(100)));
         assert!(!bucket.take(10, t0 + Duration::from_millis(100)));

@@ -288,6 +288,15 @@ const rawBySocketId = new Map();
         }
       });
       ws.addEventListener('close', (ev) => log.push(`-- close code=${ev.code} reason=${JSON.stringify(ev.reason)}`));
+      // faye-websocket arms a 30 s close-handshake timer even when the peer has already closed the
+      // socket (pusher-js calls close() again after a 4009 "refused" close). Do not let that timer
+      // keep the test process alive; behaviour is unchanged.
+      const close = ws.close;
+      ws.close = function () {
+        const r = close.apply(this, arguments);
+        if (this._closeTimer && typeof this._closeTimer.unref === 'function') this._closeTimer.unref();
+        return r;
+      };
       const send = ws.send;
       ws.send = function (data) {
         log.push(`>> ${data}`);

@@ -1,0 +1,234 @@
+//! Subscribing to each channel type, and delivery of HTTP-published events.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::support::*;
+
+#[tokio::test]
+async fn public_channel_receives_published_events_verbatim() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    let ack = a.subscribe("news").await;
+    assert_eq!(ack.data, json!({}));
+    node.trigger(&["news"], "my-event", r#"{"hello":"world"}"#)
+        .await;
+    let frame = a.next().await;
+    assert_eq!(
+        frame.raw,
+        r#"{"event":"my-event","channel":"news","data":"{\"hello\":\"world\"}"}"#
+    );
+}
+
+#[tokio::test]
+async fn unsubscribed_sockets_receive_nothing() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    a.subscribe("news").await;
+    a.send(json!({"event":"pusher:unsubscribe","data":{"channel":"news"}}))
+        .await;
+    // Unsubscribing from a channel the socket does not hold is silently ignored.
+    a.send(json!({"event":"pusher:unsubscribe","data":{"channel":"other"}}))
+        .await;
+    a.send(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(a.next().await.event, "pusher:pong");
+    node.trigger(&["news"], "my-event", "x").await;
+    a.assert_silent(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn resubscribing_is_acknowledged_without_side_effects() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    a.subscribe("news").await;
+    a.subscribe("news").await;
+    let (status, info) = node
+        .api(
+            "GET",
+            "/apps/app-id/channels/news",
+            None,
+            &[("info", "subscription_count")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(info, json!({"occupied": true, "subscription_count": 1}));
+}
+
+#[tokio::test]
+async fn private_channels_check_the_signature() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    a.subscribe("private-room").await;
+    let mut b = node.connect().await;
+    let wrong = b.sign(&format!("{}:private-room", a.socket_id));
+    b.send(json!({"event":"pusher:subscribe","data":{"auth":wrong,"channel":"private-room"}}))
+        .await;
+    let refusal = b.next().await;
+    assert_eq!(refusal.event, "pusher:subscription_error");
+    assert_eq!(refusal.channel.as_deref(), Some("private-room"));
+    assert_eq!(refusal.data["status"], 401);
+    assert_eq!(refusal.data["type"], "AuthError");
+    node.trigger(&["private-room"], "e", "1").await;
+    assert_eq!(a.next().await.event, "e");
+    b.assert_silent(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn encrypted_channels_relay_ciphertext_untouched() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    a.subscribe("private-encrypted-room").await;
+    let data = r#"{"nonce":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYX","ciphertext":"cUvi6VQlRGyKCRRclUJdHUsGJzgoj596PYEg0Ekt7UbHsAQ="}"#;
+    node.trigger(&["private-encrypted-room"], "secret", data)
+        .await;
+    let frame = a.next().await;
+    assert_eq!(
+        frame.data["ciphertext"],
+        "cUvi6VQlRGyKCRRclUJdHUsGJzgoj596PYEg0Ekt7UbHsAQ="
+    );
+}
+
+#[tokio::test]
+async fn cache_channels_replay_the_last_event_or_report_a_miss() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    a.subscribe("cache-scores").await;
+    let miss = a.next().await;
+    assert_eq!(miss.event, "pusher:cache_miss");
+    assert_eq!(miss.channel.as_deref(), Some("cache-scores"));
+    node.trigger(&["cache-scores"], "score", "1").await;
+    node.trigger(&["cache-scores"], "score", "2").await;
+    assert_eq!(a.next().await.data, json!(1));
+    assert_eq!(a.next().await.data, json!(2));
+    let mut b = node.connect().await;
+    b.subscribe("cache-scores").await;
+    let replay = b.next().await;
+    assert_eq!(
+        replay.raw,
+        r#"{"event":"score","channel":"cache-scores","data":"2"}"#
+    );
+    let (status, info) = node
+        .api(
+            "GET",
+            "/apps/app-id/channels/cache-scores",
+            None,
+            &[("info", "cache")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(info["cache"]["data"], "2");
+    assert!(info["cache"]["ttl"].as_u64().unwrap() > 1700);
+    // The cache outlives the subscribers.
+    a.close().await;
+    b.close().await;
+    let mut c = node.connect().await;
+    c.subscribe("private-cache-x").await;
+    assert_eq!(c.next().await.event, "pusher:cache_miss");
+    c.subscribe("cache-scores").await;
+    assert_eq!(c.next().await.data, json!(2));
+}
+
+#[tokio::test]
+async fn sign_in_and_server_to_user_channel() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    let user_data = r#"{"id":"u1","user_info":{"name":"A"}}"#;
+    let ok = a.sign_in(user_data).await;
+    assert_eq!(ok.event, "pusher:signin_success");
+    assert_eq!(ok.data["user_data"], user_data);
+    a.subscribe("#server-to-user-u1").await;
+    // Another socket may not listen to u1's channel.
+    let mut b = node.connect().await;
+    b.send(json!({"event":"pusher:subscribe","data":{"auth":"","channel":"#server-to-user-u1"}}))
+        .await;
+    let refusal = b.next().await;
+    assert_eq!(refusal.event, "pusher:subscription_error");
+    assert_eq!(refusal.data["status"], 403);
+    // sendToUser reaches every connection of the user.
+    let mut a2 = node.connect().await;
+    a2.sign_in(user_data).await;
+    node.trigger(&["#server-to-user-u1"], "note", r#"{"x":1}"#)
+        .await;
+    assert_eq!(a.next().await.data, json!({"x": 1}));
+    assert_eq!(a2.next().await.data, json!({"x": 1}));
+    b.assert_silent(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn sign_in_failures_keep_the_socket_open() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    a.send(
+        json!({"event":"pusher:signin","data":{"auth":"app-key:00","user_data":"{\"id\":\"u1\"}"}}),
+    )
+    .await;
+    let error = a.next().await;
+    assert_eq!(error.event, "pusher:error");
+    assert_eq!(error.data["code"], 4009);
+    assert_eq!(
+        a.sign_in(r#"{"id":"u1"}"#).await.event,
+        "pusher:signin_success"
+    );
+    let other = a.sign_in(r#"{"id":"u2"}"#).await;
+    assert_eq!(other.event, "pusher:error");
+    assert_eq!(other.data["code"], 4009);
+    let numeric = a.sign_in(r#"{"id":5}"#).await;
+    assert_eq!(numeric.data["code"], 4009);
+}
+
+#[tokio::test]
+async fn terminate_connections_closes_the_users_sockets_with_4009() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    a.sign_in(r#"{"id":"u1"}"#).await;
+    let mut other = node.connect().await;
+    other.sign_in(r#"{"id":"u2"}"#).await;
+    let (status, _) = node
+        .api(
+            "POST",
+            "/apps/app-id/users/u1/terminate_connections",
+            Some("{}"),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (closed, frames) = a.closed().await;
+    assert_eq!(closed, Closed::Code(4009));
+    assert!(frames
+        .iter()
+        .any(|f| f.event == "pusher:error" && f.data["code"] == 4009));
+    other.send(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(other.next().await.event, "pusher:pong");
+}
+
+#[tokio::test]
+async fn node_answers_pings_and_protocol_ping_frames() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    a.send(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(a.next().await.raw, r#"{"event":"pusher:pong","data":{}}"#);
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    a.ws.send(Message::Ping(b"hi".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(WAIT, a.ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(b"hi".to_vec().into()));
+}
+
+#[tokio::test]
+async fn shutdown_asks_clients_to_reconnect_now() {
+    let node = TestNode::start().await;
+    let mut a = node.connect().await;
+    a.subscribe("news").await;
+    let TestNode { handle, .. } = node;
+    let shutdown = tokio::spawn(handle.shutdown(Duration::from_secs(2)));
+    let (closed, _) = a.closed().await;
+    assert_eq!(closed, Closed::Code(4200));
+    shutdown.await.unwrap();
+}
