@@ -374,13 +374,15 @@ mod tests {
     }
 
     /// (path, method, body, extra params, expected query) of §16.5 (a)–(g).
-    fn http_vectors() -> Vec<(
+    type HttpVector = (
         &'static str,
         &'static str,
         &'static str,
         Vec<(&'static str, &'static str)>,
         &'static str,
-    )> {
+    );
+
+    fn http_vectors() -> Vec<HttpVector> {
         vec![
             ("/apps/3/events", "POST", r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#, vec![],
              "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0&body_md5=ec365a775a4cd0599faeb73354201b6f&auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"),

@@ -164,6 +164,11 @@ impl Conn {
         self.lock().close.is_some()
     }
 
+    /// How the connection is to close, once it is closing.
+    pub fn closing(&self) -> Option<Close> {
+        self.lock().close.clone()
+    }
+
     /// Waits until something was queued or the connection was closed.
     pub async fn woken(&self) {
         self.wake.notified().await

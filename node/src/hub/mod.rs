@@ -10,7 +10,7 @@ mod presence;
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -96,9 +96,7 @@ impl Hub {
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
-        let mut h = self.hasher.build_hasher();
-        channel.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let shard = &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS];
         // Critical sections only move entries between maps; a poisoned lock is still valid.
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -58,6 +58,10 @@ impl Batcher {
             self.delayed.remove(i);
             return true;
         }
+        if matches!(event, WebhookEvent::CacheMiss { .. }) && self.ready.contains(&event) {
+            // Several clients hitting one empty cache channel at once raise one cache_miss.
+            return true;
+        }
         if self.ready.len() + self.delayed.len() >= self.events_max {
             return false;
         }
@@ -169,6 +173,21 @@ mod tests {
             },
         );
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn cache_misses_are_deduplicated_within_a_batch() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Duration::from_millis(50), Duration::from_secs(3), 100);
+        let miss = || WebhookEvent::CacheMiss {
+            channel: "cache-a".into(),
+        };
+        b.push(t0, miss());
+        b.push(t0, miss());
+        assert_eq!(
+            b.poll(t0 + Duration::from_millis(50)).unwrap(),
+            vec![miss()]
+        );
     }
 
     #[test]

@@ -125,7 +125,15 @@ pub async fn run(stream: TcpStream, leftover: Bytes, mut session: Session, share
                 }
                 write_blocked = false;
             }
-            _ = conn.woken(), if !write_blocked => {}
+            _ = conn.woken() => {
+                // While the socket is blocked only a close wakes the task (a full queue is
+                // a close): a client that stopped reading must not keep its slot.
+                if write_blocked {
+                    if let Some(close) = conn.closing() {
+                        break End::Close(close);
+                    }
+                }
+            }
             _ = &mut timer => {
                 let now = Instant::now();
                 match ping_sent {
@@ -146,7 +154,8 @@ pub async fn run(stream: TcpStream, leftover: Bytes, mut session: Session, share
         }
     };
     session.end();
-    finish(stream, end).await;
+    // Boxed: the closing state is needed once, so it stays out of the idle task's size.
+    Box::pin(finish(stream, end)).await;
 }
 
 fn codec_close(e: &CodecError) -> Close {
@@ -197,12 +206,9 @@ async fn finish(mut stream: TcpStream, end: End) {
 /// Refuses a connection during the handshake: a `pusher:error` first, then the close (§2.2).
 pub async fn refuse(stream: TcpStream, code: ErrorCode, message: &'static str) {
     telemetry::count_error(Some(code.as_u16()), "connection_refused");
-    finish(
-        stream,
-        End::Close(Close {
-            code: code.as_u16(),
-            reason: message,
-        }),
-    )
-    .await;
+    let close = Close {
+        code: code.as_u16(),
+        reason: message,
+    };
+    Box::pin(finish(stream, End::Close(close))).await;
 }

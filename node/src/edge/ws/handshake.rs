@@ -157,7 +157,9 @@ async fn start_session(
     );
     conn.push_text(&established);
     let session = Session::new(app, conn);
-    connection::run(stream, leftover, session, shared).await;
+    // A task of its own: the upgrade's state is freed instead of riding along for the
+    // connection's whole life (about 600 bytes per idle connection).
+    tokio::spawn(connection::run(stream, leftover, session, shared));
 }
 
 #[cfg(test)]
@@ -168,7 +170,7 @@ mod tests {
     fn accept_key_of_rfc6455_example() {
         assert_eq!(
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaGoFGUg1qeIBe5ofs="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 

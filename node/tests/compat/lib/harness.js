@@ -145,12 +145,18 @@ class RelaymeshServer {
       env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG || 'info' },
     });
     this.child = child;
+    this.killRequested = false;
+    this.unexpected = [];
     liveProcesses.add(child);
 
     let exited = null;
     const exitPromise = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
         exited = { code, signal };
+        if (!this.killRequested) {
+          this.unexpected.push(`exited (code ${code}, signal ${signal})`);
+          console.error(`WARNING: relaymesh-node (pid ${child.pid}, port ${this.port}) exited on its own: code ${code}, signal ${signal}\n${this.logTail(20)}`);
+        }
         liveProcesses.delete(child);
         resolve(exited);
       });
@@ -171,6 +177,10 @@ class RelaymeshServer {
           this.log.push(`[${stream}] ${line}`);
           if (this.log.length > 500) this.log.shift();
           if (line.includes(`listening on ${listenAddr}`)) sawListening('log');
+          if (/shutting down/i.test(line) && !this.killRequested) {
+            this.unexpected.push(line);
+            console.error(`WARNING: relaymesh-node (pid ${child.pid}, port ${this.port}) is shutting down although the harness did not stop it: ${line}`);
+          }
         }
       });
     };
@@ -213,6 +223,7 @@ class RelaymeshServer {
   async kill(signal = 'SIGTERM', graceMs = 2000) {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    this.killRequested = true;
     try {
       child.kill(signal);
     } catch {}
@@ -543,6 +554,8 @@ async function startAuthServer(pusher, { users = {} } = {}) {
  *   ctx.pusher   - pusher (server library) for the default app
  *   ctx.client(opts) - a new pusher-js client, disconnected automatically after the test
  *   ctx.defer(fn)    - run fn in teardown
+ * `apps` is the list of app configs (default: [DEFAULT_APP]) or a function returning it, called
+ * before each test (so it can use ports opened in a `before` hook).
  */
 function useServer({ apps } = {}) {
   const ctx = { server: null, pusher: null, cleanups: [] };
@@ -560,7 +573,7 @@ function useServer({ apps } = {}) {
 
   beforeEach(async () => {
     ctx.cleanups = [];
-    ctx.server = await startServer({ apps });
+    ctx.server = await startServer({ apps: typeof apps === 'function' ? await apps() : apps });
     const srv = ctx.server;
     ctx.defer(async () => {
       await srv.kill('SIGTERM');

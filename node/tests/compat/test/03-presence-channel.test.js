@@ -95,3 +95,50 @@ test('presence channel: member_removed when a member unsubscribes (connection ke
   assert.equal((await bobRemoved).data.id, 'u-bob');
   assert.equal(bob.connection.state, 'connected');
 });
+
+test('presence channel joined by a signed-in user without channel_data (§7.1): member is the signed-in user', async () => {
+  // pusher-js waits for sign-in and uses user_data.id when the auth response has no channel_data;
+  // the library signs "{socket_id}:{channel}" when called without presence data.
+  const opts = (id, name) => ({
+    userAuthentication: {
+      customHandler: (params, cb) => cb(null, ctx.pusher.authenticateUser(params.socketId, { id, user_info: { name } })),
+    },
+    channelAuthorization: {
+      customHandler: (params, cb) => cb(null, ctx.pusher.authorizeChannel(params.socketId, params.channelName)),
+    },
+  });
+  const name = h.uniqueName('presence-signed-');
+  const alice = await h.connected(ctx.client(opts('u-alice', 'Alice')), undefined, 'alice');
+  alice.signin();
+  const { channel: aCh, members } = await h.subscribe(alice, name, { label: 'alice' });
+  assert.equal(members.count, 1);
+  assert.equal(members.me && members.me.id, 'u-alice', h.describeClient(alice, 'alice'));
+  assert.deepEqual(members.me.info, { name: 'Alice' });
+
+  const bob = await h.connected(ctx.client(opts('u-bob', 'Bob')), undefined, 'bob');
+  bob.signin();
+  const added = h.nextEvent(aCh, 'pusher:member_added', { describe: () => h.describeClient(alice, 'alice') });
+  const { members: bMembers } = await h.subscribe(bob, name, { label: 'bob' });
+  assert.equal(bMembers.count, 2);
+  const { data: m } = await added;
+  assert.deepEqual({ id: m.id, info: m.info }, { id: 'u-bob', info: { name: 'Bob' } });
+});
+
+test('presence channel: numeric user_id in channel_data is accepted and exposed as its decimal string (§7.1)', async () => {
+  const c = await h.connected(
+    ctx.client({
+      channelAuthorization: {
+        customHandler: (params, cb) =>
+          cb(null, ctx.pusher.authorizeChannel(params.socketId, params.channelName, { user_id: 10, user_info: { name: 'Ten' } })),
+      },
+    }),
+  );
+  const name = h.uniqueName('presence-num-');
+  const { members } = await h.subscribe(c, name);
+  assert.equal(members.count, 1);
+  const ids = [];
+  members.each((m) => ids.push(m.id));
+  assert.deepEqual(ids, ['10']);
+  const res = await ctx.pusher.get({ path: `/channels/${name}/users` });
+  assert.deepEqual(await res.json(), { users: [{ id: '10' }] });
+});
