@@ -298,15 +298,3 @@ pub fn decode(text: &str) -> Frame {
         raw: text.to_owned(),
     }
 }
-
-/// Waits until `check` holds, polling; fails after [`WAIT`].
-pub async fn eventually<F: FnMut() -> bool>(mut check: F) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in time"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
