@@ -22,6 +22,8 @@ pub struct App {
     connection_count: AtomicUsize,
     /// Signed-in users → their connections, for server-to-user events and termination.
     users: Mutex<HashMap<Box<str>, Vec<Arc<Conn>>>>,
+    /// Watched user id → the connections whose watchlist names it.
+    watchers: Mutex<HashMap<Box<str>, Vec<Arc<Conn>>>>,
 }
 
 /// Why a connection was refused by its app.
@@ -55,6 +57,7 @@ impl App {
             connections: Mutex::new(HashMap::new()),
             connection_count: AtomicUsize::new(0),
             users: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -99,19 +102,87 @@ impl App {
         }
     }
 
+    /// Records a signed-in connection; the user's first connection brings it online.
     pub fn sign_in(&self, user_id: &str, conn: &Arc<Conn>) {
-        lock(&self.users)
-            .entry(user_id.into())
-            .or_default()
-            .push(conn.clone());
+        let first = {
+            let mut users = lock(&self.users);
+            let conns = users.entry(user_id.into()).or_default();
+            conns.push(conn.clone());
+            conns.len() == 1
+        };
+        if first {
+            self.tell_watchers(user_id, true);
+        }
     }
 
+    /// Forgets a signed-in connection; the user's last connection takes it offline.
     pub fn sign_out(&self, user_id: &str, socket: SocketId) {
-        let mut users = lock(&self.users);
-        if let Some(conns) = users.get_mut(user_id) {
+        let last = {
+            let mut users = lock(&self.users);
+            let Some(conns) = users.get_mut(user_id) else {
+                return;
+            };
             conns.retain(|c| c.socket_id != socket);
-            if conns.is_empty() {
+            let last = conns.is_empty();
+            if last {
                 users.remove(user_id);
+            }
+            last
+        };
+        if last {
+            self.tell_watchers(user_id, false);
+        }
+    }
+
+    fn tell_watchers(&self, user_id: &str, online: bool) {
+        if !self.config.watchlist_events {
+            return;
+        }
+        let watchers = lock(&self.watchers)
+            .get(user_id)
+            .cloned()
+            .unwrap_or_default();
+        if watchers.is_empty() {
+            return;
+        }
+        let ids = [user_id];
+        let text = if online {
+            relaymesh_proto::frame::watchlist_events(&ids, &[])
+        } else {
+            relaymesh_proto::frame::watchlist_events(&[], &ids)
+        };
+        let encoded = crate::edge::ws::codec::text_frame(&text);
+        for watcher in watchers {
+            watcher.push(encoded.clone());
+        }
+    }
+
+    /// Registers `conn` as a watcher of `watchlist` and sends it their current status.
+    pub fn watch(&self, watchlist: &[Box<str>], conn: &Arc<Conn>) {
+        {
+            let mut watchers = lock(&self.watchers);
+            for id in watchlist {
+                watchers.entry(id.clone()).or_default().push(conn.clone());
+            }
+        }
+        let (online, offline): (Vec<&str>, Vec<&str>) = {
+            let users = lock(&self.users);
+            watchlist
+                .iter()
+                .map(|id| &**id)
+                .partition(|id| users.contains_key(*id))
+        };
+        conn.push_text(&relaymesh_proto::frame::watchlist_events(&online, &offline));
+    }
+
+    pub fn unwatch(&self, watchlist: &[Box<str>], socket: SocketId) {
+        let mut watchers = lock(&self.watchers);
+        for id in watchlist {
+            if let Some(conns) = watchers.get_mut(id) {
+                conns.retain(|c| c.socket_id != socket);
+                if conns.is_empty() {
+                    watchers.remove(id);
+                }
             }
         }
     }

@@ -110,6 +110,11 @@ pub struct AppConfig {
     pub cache_ttl_secs: u64,
     /// Webhook URLs; empty disables webhooks.
     pub webhooks: Vec<String>,
+    /// "Authorized connections": seconds a connection has to sign in or join a private or
+    /// presence channel before it is closed with 4009. `None` disables the check.
+    pub authorization_timeout_secs: Option<u64>,
+    /// Send `pusher_internal:watchlist_events` to signed-in users with a watchlist.
+    pub watchlist_events: bool,
 }
 
 impl Default for AppConfig {
@@ -127,6 +132,8 @@ impl Default for AppConfig {
             max_user_info_bytes: 1024,
             cache_ttl_secs: 1800,
             webhooks: Vec::new(),
+            authorization_timeout_secs: None,
+            watchlist_events: false,
         }
     }
 }
@@ -284,6 +291,15 @@ mod tests {
             Config::load(Some(&file.0), Some(flag)).unwrap().listen,
             flag
         );
+    }
+
+    #[test]
+    fn the_deploy_example_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/relaymesh-node.toml");
+        let config = Config::load(Some(&path), None).unwrap();
+        assert_eq!(config.apps[0].key, "app-key");
+        assert_eq!(config.webhooks.vacate_delay_ms, 3000);
     }
 
     #[test]

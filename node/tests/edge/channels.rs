@@ -232,3 +232,56 @@ async fn shutdown_asks_clients_to_reconnect_now() {
     assert_eq!(closed, Closed::Code(4200));
     shutdown.await.unwrap();
 }
+
+#[tokio::test]
+async fn watchlist_reports_online_and_offline() {
+    let node = TestNode::start_with(|c| c.apps[0].watchlist_events = true).await;
+    let mut bob = node.connect().await;
+    bob.sign_in(r#"{"id":"bob"}"#).await;
+    let mut alice = node.connect().await;
+    let ok = alice
+        .sign_in(r#"{"id":"alice","watchlist":["bob","carol"]}"#)
+        .await;
+    assert_eq!(ok.event, "pusher:signin_success");
+    let status = alice.next().await;
+    assert_eq!(status.event, "pusher_internal:watchlist_events");
+    assert_eq!(
+        status.data,
+        json!({"events":[{"name":"online","user_ids":["bob"]},{"name":"offline","user_ids":["carol"]}]})
+    );
+    let mut carol = node.connect().await;
+    carol.sign_in(r#"{"id":"carol"}"#).await;
+    assert_eq!(
+        alice.next().await.data,
+        json!({"events":[{"name":"online","user_ids":["carol"]}]})
+    );
+    // A second connection of carol changes nothing; bob's only connection leaving does.
+    let mut carol2 = node.connect().await;
+    carol2.sign_in(r#"{"id":"carol"}"#).await;
+    bob.close().await;
+    assert_eq!(
+        alice.next().await.data,
+        json!({"events":[{"name":"offline","user_ids":["bob"]}]})
+    );
+}
+
+#[tokio::test]
+async fn authorized_connections_must_authorize_in_time() {
+    let node = TestNode::start_with(|c| c.apps[0].authorization_timeout_secs = Some(1)).await;
+    let mut idle = node.connect().await;
+    idle.subscribe("public-only").await;
+    let mut signed = node.connect().await;
+    signed.sign_in(r#"{"id":"u"}"#).await;
+    let mut private = node.connect().await;
+    private.subscribe("private-a").await;
+    let (closed, frames) = idle.closed().await;
+    assert_eq!(closed, Closed::Code(4009));
+    assert!(frames
+        .iter()
+        .any(|f| f.event == "pusher:error" && f.data["code"] == 4009));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for client in [&mut signed, &mut private] {
+        client.send(json!({"event":"pusher:ping","data":{}})).await;
+        assert_eq!(client.next().await.event, "pusher:pong");
+    }
+}

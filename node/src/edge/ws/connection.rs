@@ -75,7 +75,16 @@ pub async fn run(stream: TcpStream, leftover: Bytes, mut session: Session, share
     drop(leftover);
     let mut last_seen = Instant::now();
     let mut ping_sent: Option<Instant> = None;
-    let timer = tokio::time::sleep(activity);
+    // Apps with "authorized connections" close sockets that neither sign in nor join a
+    // private or presence channel in time.
+    let mut authorize_by = session
+        .app()
+        .config
+        .authorization_timeout_secs
+        .map(|secs| last_seen + Duration::from_secs(secs));
+    let timer = tokio::time::sleep_until(
+        authorize_by.map_or(last_seen + activity, |d| d.min(last_seen + activity)),
+    );
     tokio::pin!(timer);
     let mut write_blocked = false;
 
@@ -136,20 +145,31 @@ pub async fn run(stream: TcpStream, leftover: Bytes, mut session: Session, share
             }
             _ = &mut timer => {
                 let now = Instant::now();
-                match ping_sent {
+                if let Some(deadline) = authorize_by {
+                    if session.is_authorized() {
+                        authorize_by = None;
+                    } else if now >= deadline {
+                        telemetry::count_error(Some(ErrorCode::Unauthorized.as_u16()), "authorization_timeout");
+                        conn.close(ErrorCode::Unauthorized.as_u16(), "Connection not authorized within timeout");
+                        timer.as_mut().reset(now + CLOSE_LINGER);
+                        continue;
+                    }
+                }
+                let next = match ping_sent {
                     Some(sent) if now >= sent + pong_wait => {
                         telemetry::count_error(Some(ErrorCode::PongNotReceived.as_u16()), "pong_timeout");
                         conn.close(ErrorCode::PongNotReceived.as_u16(), "Pong reply not received");
-                        timer.as_mut().reset(now + CLOSE_LINGER);
+                        now + CLOSE_LINGER
                     }
-                    Some(sent) => timer.as_mut().reset(sent + pong_wait),
+                    Some(sent) => sent + pong_wait,
                     None if now >= last_seen + activity => {
                         conn.push_text(frame::PING);
                         ping_sent = Some(now);
-                        timer.as_mut().reset(now + pong_wait);
+                        now + pong_wait
                     }
-                    None => timer.as_mut().reset(last_seen + activity),
-                }
+                    None => last_seen + activity,
+                };
+                timer.as_mut().reset(authorize_by.map_or(next, |d| d.min(next)));
             }
         }
     };

@@ -28,6 +28,8 @@ pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1_000;
 struct SignedIn {
     id: Box<str>,
     info: Option<Box<RawValue>>,
+    /// The user ids this connection watches (when the app has watchlist events).
+    watchlist: Vec<Box<str>>,
 }
 
 /// Client events allowed per second, refilled continuously.
@@ -58,6 +60,8 @@ pub struct Session {
     subscriptions: HashMap<Box<str>, Option<Box<str>>>,
     user: Option<Box<SignedIn>>,
     client_events: TokenBucket,
+    /// Signed in, or holds a private / presence subscription ("authorized connections").
+    authorized: bool,
 }
 
 impl Session {
@@ -72,7 +76,12 @@ impl Session {
                 tokens: rate,
                 refilled: Instant::now(),
             },
+            authorized: false,
         }
+    }
+
+    pub fn is_authorized(&self) -> bool {
+        self.authorized
     }
 
     pub fn conn(&self) -> &Arc<Conn> {
@@ -208,6 +217,8 @@ impl Session {
         match self.app.hub.subscribe(name, kind, &self.conn, member) {
             Ok(()) => {
                 self.subscriptions.insert(name.into(), user_id);
+                self.authorized |=
+                    matches!(kind.auth, ChannelAuth::Private | ChannelAuth::Presence);
             }
             Err(SubscribeError::PresenceFull(max)) => {
                 let msg = format!("Presence channel is full: at most {max} members");
@@ -302,14 +313,28 @@ impl Session {
                 let msg = "This connection is already signed in as another user";
                 return self.error(Some(ErrorCode::Unauthorized), msg, None, "signin_refused");
             }
-            Some(_) => {}
-            None => self.app.sign_in(&user.id, &self.conn),
+            Some(_) => {
+                self.conn.push_text(&frame::signin_success(&data.user_data));
+                return;
+            }
+            None => {}
+        }
+        self.conn.push_text(&frame::signin_success(&data.user_data));
+        self.app.sign_in(&user.id, &self.conn);
+        let watchlist: Vec<Box<str>> = if self.app.config.watchlist_events {
+            user.watchlist.into_iter().map(Into::into).collect()
+        } else {
+            Vec::new()
+        };
+        if !watchlist.is_empty() {
+            self.app.watch(&watchlist, &self.conn);
         }
         self.user = Some(Box::new(SignedIn {
             id: user.id.into(),
             info: user.user_info,
+            watchlist,
         }));
-        self.conn.push_text(&frame::signin_success(&data.user_data));
+        self.authorized = true;
         if user.watchlist_truncated {
             let msg = format!(
                 "Watchlist limit exceeded: only the first {} ids were accepted",
@@ -414,6 +439,7 @@ impl Session {
                 .unsubscribe(&channel, self.conn.socket_id, user_id.as_deref());
         }
         if let Some(user) = self.user.take() {
+            self.app.unwatch(&user.watchlist, self.conn.socket_id);
             self.app.sign_out(&user.id, self.conn.socket_id);
         }
         self.app.release(self.conn.socket_id);
