@@ -113,7 +113,7 @@ class RelaymeshServer {
     this.apps = apps;
     this.port = port;
     this.dir = dir;
-    this.configPath = path.join(dir, 'relaymesh.toml');
+    this.configPath = path.join(dir, 'server.toml');
     this.child = null;
     this.log = []; // last lines of stdout/stderr, for failure messages
   }
@@ -139,10 +139,12 @@ class RelaymeshServer {
     }
     fs.writeFileSync(this.configPath, this.apps.map(appToToml).join('\n'));
     const listenAddr = `127.0.0.1:${this.port}`;
+    // RELAYMESH_* variables configure the node, which refuses unknown ones: keep ours out.
+    const { RELAYMESH_NODE_BIN: _bin, ...env } = process.env;
     const child = spawn(BIN, ['--config', this.configPath, '--listen', listenAddr], {
       cwd: this.dir,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG || 'info' },
+      env: { ...env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG || 'info' },
     });
     this.child = child;
     this.killRequested = false;
@@ -260,7 +262,7 @@ class RelaymeshServer {
 }
 
 async function startServer({ apps = [DEFAULT_APP] } = {}) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'relaymesh-compat-'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rmcompat-'));
   const port = await freePort();
   const server = new RelaymeshServer({ apps, port, dir });
   try {
