@@ -3,20 +3,40 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::config::{AppConfig, Config};
+use relaymesh_proto::codes::ErrorCode;
+
+use crate::config::{AppConfig, Config, WebhookConfig};
 use crate::edge::outbox::{Conn, SocketId};
 use crate::hub::Hub;
 use crate::webhooks::Webhooks;
 
+/// An app's settings, replaceable while it runs (the control plane updates them); readers
+/// take a snapshot.
+#[derive(Clone)]
+pub struct SharedAppConfig(Arc<RwLock<Arc<AppConfig>>>);
+
+impl SharedAppConfig {
+    pub fn new(config: AppConfig) -> SharedAppConfig {
+        SharedAppConfig(Arc::new(RwLock::new(Arc::new(config))))
+    }
+
+    pub fn get(&self) -> Arc<AppConfig> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, config: AppConfig) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+}
+
 pub struct App {
-    pub config: AppConfig,
+    config: SharedAppConfig,
     /// The app id as a shared string for metric labels and webhook events.
     pub id: Arc<str>,
     pub hub: Hub,
-    pub webhooks: Option<Webhooks>,
+    pub webhooks: Webhooks,
     /// Live connections, for the quota and for closing them all on shutdown.
     connections: Mutex<HashMap<SocketId, Arc<Conn>>>,
     connection_count: AtomicUsize,
@@ -39,16 +59,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl App {
-    pub fn new(config: AppConfig, node: &Config, http: &reqwest::Client) -> App {
+    pub fn new(config: AppConfig, node: &NodeAppSettings) -> App {
         let id: Arc<str> = config.id.as_str().into();
-        let webhooks = Webhooks::spawn(&config, &node.webhooks, http.clone());
-        let hub = Hub::new(
+        let config = SharedAppConfig::new(config);
+        let webhooks = Webhooks::spawn(
             id.clone(),
-            webhooks.clone(),
-            config.max_presence_members,
-            Duration::from_secs(config.cache_ttl_secs),
-            node.cache_entries_max,
+            config.clone(),
+            &node.webhooks,
+            node.http.clone(),
         );
+        let hub = Hub::new(id.clone(), webhooks.clone(), node.cache_entries_max);
         App {
             config,
             id,
@@ -61,13 +81,19 @@ impl App {
         }
     }
 
+    /// The app's current settings.
+    pub fn config(&self) -> Arc<AppConfig> {
+        self.config.get()
+    }
+
     /// Registers a new connection, within the app's quota.
     pub fn admit(&self, conn: &Arc<Conn>) -> Result<(), AdmitError> {
-        if !self.config.enabled {
+        let config = self.config();
+        if !config.enabled {
             return Err(AdmitError::Disabled);
         }
         let mut connections = lock(&self.connections);
-        if let Some(max) = self.config.max_connections {
+        if let Some(max) = config.max_connections {
             if connections.len() >= max {
                 return Err(AdmitError::OverQuota);
             }
@@ -135,7 +161,7 @@ impl App {
     }
 
     fn tell_watchers(&self, user_id: &str, online: bool) {
-        if !self.config.watchlist_events {
+        if !self.config().watchlist_events {
             return;
         }
         let watchers = lock(&self.watchers)
@@ -193,33 +219,80 @@ impl App {
     }
 }
 
-/// All apps, by key (WebSocket side) and by id (HTTP side).
-pub struct Apps {
+/// What every app of a node shares: webhook settings, the HTTP client, the cache bound.
+pub struct NodeAppSettings {
+    pub webhooks: WebhookConfig,
+    pub http: reqwest::Client,
+    pub cache_entries_max: usize,
+}
+
+#[derive(Default)]
+struct Index {
     by_key: HashMap<String, Arc<App>>,
     by_id: HashMap<String, Arc<App>>,
 }
 
+/// All apps, by key (WebSocket side) and by id (HTTP side). The set changes at run time
+/// when a control plane creates, updates or deletes apps.
+pub struct Apps {
+    index: RwLock<Index>,
+    settings: NodeAppSettings,
+}
+
 impl Apps {
     pub fn new(config: &Config, http: &reqwest::Client) -> Apps {
-        let mut by_key = HashMap::new();
-        let mut by_id = HashMap::new();
-        for app in &config.apps {
-            let app = Arc::new(App::new(app.clone(), config, http));
-            by_key.insert(app.config.key.clone(), app.clone());
-            by_id.insert(app.config.id.clone(), app);
+        let apps = Apps {
+            index: RwLock::new(Index::default()),
+            settings: NodeAppSettings {
+                webhooks: config.webhooks.clone(),
+                http: http.clone(),
+                cache_entries_max: config.cache_entries_max,
+            },
+        };
+        apps.sync(config.apps.clone());
+        apps
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn by_key(&self, key: &str) -> Option<Arc<App>> {
+        self.read().by_key.get(key).cloned()
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<Arc<App>> {
+        self.read().by_id.get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<App>> {
+        self.read().by_id.values().cloned().collect()
+    }
+
+    /// Makes the served apps exactly `configs`: new ones start, changed ones take their new
+    /// settings at once, missing ones are removed and their clients closed with 4001.
+    pub fn sync(&self, configs: Vec<AppConfig>) {
+        let mut removed = Vec::new();
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            let mut next = Index::default();
+            for config in configs {
+                let app = match index.by_id.remove(&config.id) {
+                    Some(app) => {
+                        app.config.set(config.clone());
+                        app
+                    }
+                    None => Arc::new(App::new(config.clone(), &self.settings)),
+                };
+                next.by_key.insert(config.key.clone(), app.clone());
+                next.by_id.insert(config.id.clone(), app);
+            }
+            removed.extend(index.by_id.drain().map(|(_, app)| app));
+            *index = next;
         }
-        Apps { by_key, by_id }
-    }
-
-    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
-        self.by_key.get(key)
-    }
-
-    pub fn by_id(&self, id: &str) -> Option<&Arc<App>> {
-        self.by_id.get(id)
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
-        self.by_id.values()
+        for app in removed {
+            tracing::info!(app_id = %app.id, "app removed: closing its connections");
+            app.close_all(ErrorCode::AppNotFound.as_u16(), "App was deleted");
+        }
     }
 }

@@ -78,14 +78,19 @@ impl NodeHandle {
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
         }
-        for app in self.shared.apps.iter() {
+        for app in self.shared.apps.all() {
             app.close_all(
                 ErrorCode::ReconnectImmediately.as_u16(),
                 "Node is shutting down",
             );
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while self.shared.apps.iter().any(|a| a.connection_count() > 0)
+        while self
+            .shared
+            .apps
+            .all()
+            .iter()
+            .any(|a| a.connection_count() > 0)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -67,29 +67,19 @@ pub struct ChannelStats {
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
-    webhooks: Option<Webhooks>,
+    webhooks: Webhooks,
     app_id: Arc<str>,
-    max_presence_members: usize,
-    cache_ttl: Duration,
     cache_entries_per_shard: usize,
     subscriptions: AtomicI64,
 }
 
 impl Hub {
-    pub fn new(
-        app_id: Arc<str>,
-        webhooks: Option<Webhooks>,
-        max_presence_members: usize,
-        cache_ttl: Duration,
-        cache_entries_max: usize,
-    ) -> Hub {
+    pub fn new(app_id: Arc<str>, webhooks: Webhooks, cache_entries_max: usize) -> Hub {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
             webhooks,
             app_id,
-            max_presence_members,
-            cache_ttl,
             cache_entries_per_shard: cache_entries_max.div_ceil(SHARDS).max(1),
             subscriptions: AtomicI64::new(0),
         }
@@ -102,9 +92,7 @@ impl Hub {
     }
 
     fn raise(&self, event: WebhookEvent) {
-        if let Some(webhooks) = &self.webhooks {
-            webhooks.raise(event);
-        }
+        self.webhooks.raise(event);
     }
 
     fn count_subscriptions(&self, delta: i64) {
@@ -115,12 +103,14 @@ impl Hub {
 
     /// Adds `conn` to `channel`, sends it `subscription_succeeded` (with the roster on
     /// presence channels), tells the other members about a new user and replays the cache.
+    /// A presence channel holds at most `max_members` distinct users.
     pub fn subscribe(
         &self,
         channel: &str,
         kind: ChannelKind,
         conn: &Arc<Conn>,
         member: Option<PresenceMember>,
+        max_members: usize,
     ) -> Result<(), SubscribeError> {
         let mut shard = self.shard(channel);
         let shard = &mut *shard;
@@ -128,11 +118,11 @@ impl Hub {
         let newly_occupied = entry.subscribers.is_empty();
         if let Some(member) = member {
             let roster = entry.roster.get_or_insert_with(Roster::default);
-            if !roster.contains(&member.user_id) && roster.len() >= self.max_presence_members {
+            if !roster.contains(&member.user_id) && roster.len() >= max_members {
                 if newly_occupied {
                     shard.channels.remove(channel);
                 }
-                return Err(SubscribeError::PresenceFull(self.max_presence_members));
+                return Err(SubscribeError::PresenceFull(max_members));
             }
             let user_id = member.user_id.clone();
             let first_connection = roster.join(member);
@@ -222,20 +212,19 @@ impl Hub {
     }
 
     /// Sends one encoded frame to every subscriber but `except`; returns how many got it.
-    /// On cache channels the frame also becomes the cached event.
+    /// With `cache` (the event's data and how long to keep it) on a cache channel, the frame
+    /// also becomes the channel's cached event.
     pub fn publish(
         &self,
         channel: &str,
         frame: Bytes,
-        data: Option<&str>,
+        cache: Option<(&str, Duration)>,
         except: Option<SocketId>,
     ) -> usize {
         let kind = ChannelKind::of(channel);
         let mut shard = self.shard(channel);
-        if kind.cache {
-            if let Some(data) = data {
-                self.store_cache(&mut shard, channel, frame.clone(), data);
-            }
+        if let (true, Some((data, ttl))) = (kind.cache, cache) {
+            self.store_cache(&mut shard, channel, frame.clone(), data, ttl);
         }
         let Some(state) = shard.channels.get(channel) else {
             return 0;
@@ -252,7 +241,14 @@ impl Hub {
         delivered
     }
 
-    fn store_cache(&self, shard: &mut Shard, channel: &str, frame: Bytes, data: &str) {
+    fn store_cache(
+        &self,
+        shard: &mut Shard,
+        channel: &str,
+        frame: Bytes,
+        data: &str,
+        ttl: Duration,
+    ) {
         let now = Instant::now();
         if shard.cache.len() >= self.cache_entries_per_shard && !shard.cache.contains_key(channel) {
             shard.cache.retain(|_, c| c.expires > now);
@@ -272,7 +268,7 @@ impl Hub {
             CachedEvent {
                 frame,
                 data: data.into(),
-                expires: now + self.cache_ttl,
+                expires: now + ttl,
             },
         );
     }

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use relaymesh_proto::signing;
 
-use crate::config::{AppConfig, WebhookConfig};
+use crate::app::SharedAppConfig;
+use crate::config::WebhookConfig;
 use crate::telemetry;
 pub use batcher::Batcher;
 
@@ -54,24 +55,23 @@ pub enum WebhookEvent {
 pub struct Webhooks {
     events: mpsc::Sender<WebhookEvent>,
     app_id: Arc<str>,
+    /// Read on every event: an app without URLs raises nothing.
+    config: SharedAppConfig,
 }
 
 /// Batches waiting for the sender; more are dropped and counted.
 const BATCH_QUEUE_MAX: usize = 256;
 
 impl Webhooks {
-    /// Starts the app's batcher and sender; `None` when the app has no webhook URL.
+    /// Starts the app's batcher and sender tasks; they end when every handle is dropped.
     pub fn spawn(
-        app: &AppConfig,
+        app_id: Arc<str>,
+        app: SharedAppConfig,
         config: &WebhookConfig,
         client: reqwest::Client,
-    ) -> Option<Webhooks> {
-        if app.webhooks.is_empty() {
-            return None;
-        }
+    ) -> Webhooks {
         let (events_tx, events_rx) = mpsc::channel(config.queue_max.max(1));
         let (batches_tx, batches_rx) = mpsc::channel(BATCH_QUEUE_MAX);
-        let app_id: Arc<str> = app.id.as_str().into();
         let batcher = Batcher::new(
             Duration::from_millis(config.batch_ms),
             Duration::from_millis(config.vacate_delay_ms),
@@ -80,21 +80,23 @@ impl Webhooks {
         tokio::spawn(run_batcher(batcher, events_rx, batches_tx, app_id.clone()));
         let sender = Sender {
             client,
-            urls: app.webhooks.clone(),
-            key: app.key.clone(),
-            secret: app.secret.clone(),
+            app: app.clone(),
             attempts_max: config.attempts_max.max(1),
             retry_base: Duration::from_millis(config.retry_base_ms),
         };
         tokio::spawn(sender.run(batches_rx));
-        Some(Webhooks {
+        Webhooks {
             events: events_tx,
             app_id,
-        })
+            config: app,
+        }
     }
 
     /// Queues an event without waiting; a full queue drops it and counts the drop.
     pub fn raise(&self, event: WebhookEvent) {
+        if self.config.get().webhooks.is_empty() {
+            return;
+        }
         if self.events.try_send(event).is_err() {
             metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => self.app_id.to_string())
                 .increment(1);
@@ -144,9 +146,8 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
 
 struct Sender {
     client: reqwest::Client,
-    urls: Vec<String>,
-    key: String,
-    secret: String,
+    /// URLs, key and secret are read per batch, so updates apply to the next one.
+    app: SharedAppConfig,
     attempts_max: u32,
     retry_base: Duration,
 }
@@ -170,14 +171,15 @@ impl Sender {
             }) else {
                 continue;
             };
-            let signature = signing::webhook_signature(&self.secret, &body);
-            for url in &self.urls {
-                self.deliver(url, &body, &signature).await;
+            let app = self.app.get();
+            let signature = signing::webhook_signature(&app.secret, &body);
+            for url in &app.webhooks {
+                self.deliver(url, &app.key, &body, &signature).await;
             }
         }
     }
 
-    async fn deliver(&self, url: &str, body: &[u8], signature: &str) {
+    async fn deliver(&self, url: &str, key: &str, body: &[u8], signature: &str) {
         for attempt in 0..self.attempts_max {
             if attempt > 0 {
                 tokio::time::sleep(self.retry_base * 2u32.saturating_pow(attempt - 1)).await;
@@ -186,7 +188,7 @@ impl Sender {
                 .client
                 .post(url)
                 .header("Content-Type", "application/json")
-                .header("X-Pusher-Key", &self.key)
+                .header("X-Pusher-Key", key)
                 .header("X-Pusher-Signature", signature)
                 .body(body.to_vec())
                 .send()

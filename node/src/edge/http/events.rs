@@ -96,7 +96,7 @@ fn validate(body: EventBody<'_>, app: &App) -> Result<Event, ApiError> {
         })?;
     }
     let data = frame::data_as_text(body.data).into_owned();
-    let max = app.config.max_event_bytes;
+    let max = app.config().max_event_bytes;
     if data.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -136,6 +136,7 @@ fn validate(body: EventBody<'_>, app: &App) -> Result<Event, ApiError> {
 
 /// Encodes and delivers one event on each of its channels; returns deliveries.
 fn publish(app: &App, event: &Event) -> usize {
+    let cache_ttl = std::time::Duration::from_secs(app.config().cache_ttl_secs);
     let mut delivered = 0;
     for channel in &event.channels {
         let text = frame::channel_event(&event.name, channel, &event.data, None);
@@ -148,9 +149,12 @@ fn publish(app: &App, event: &Event) -> usize {
                     Some(c.socket_id) != event.except && c.push(encoded.clone()) == Pushed::Queued
                 })
                 .count(),
-            None => app
-                .hub
-                .publish(channel, encoded, Some(&event.data), event.except),
+            None => app.hub.publish(
+                channel,
+                encoded,
+                Some((&event.data, cache_ttl)),
+                event.except,
+            ),
         };
     }
     metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => app.id.to_string(), "source" => "api")

@@ -93,7 +93,7 @@ impl Signed {
 
 /// Authenticates an API request for `app_id`.
 pub async fn signed(shared: &Shared, app_id: &str, request: Request) -> Result<Signed, ApiError> {
-    let app = shared.apps.by_id(app_id).cloned().ok_or_else(|| {
+    let app = shared.apps.by_id(app_id).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, format!("Unknown app id {app_id:?}"))
     })?;
     let (parts, body) = request.into_parts();
@@ -114,7 +114,7 @@ pub async fn signed(shared: &Shared, app_id: &str, request: Request) -> Result<S
         raw_query,
         body: &body,
     };
-    let config = &app.config;
+    let config = app.config();
     signing::verify_request(
         request,
         &config.key,

@@ -79,7 +79,7 @@ pub async fn run(stream: TcpStream, leftover: Bytes, mut session: Session, share
     // private or presence channel in time.
     let mut authorize_by = session
         .app()
-        .config
+        .config()
         .authorization_timeout_secs
         .map(|secs| last_seen + Duration::from_secs(secs));
     let timer = tokio::time::sleep_until(

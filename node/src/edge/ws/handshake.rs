@@ -129,7 +129,7 @@ async fn start_session(
         )
         .await;
     }
-    let Some(app) = shared.apps.by_key(&key).cloned() else {
+    let Some(app) = shared.apps.by_key(&key) else {
         return connection::refuse(stream, ErrorCode::AppNotFound, "App key does not exist").await;
     };
     let conn = Arc::new(Conn::new(

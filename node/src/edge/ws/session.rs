@@ -66,7 +66,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(app: Arc<App>, conn: Arc<Conn>) -> Session {
-        let rate = app.config.client_event_rate as f32;
+        let rate = app.config().client_event_rate as f32;
         Session {
             app,
             conn,
@@ -214,7 +214,12 @@ impl Session {
             }
         };
         let user_id = member.as_ref().map(|m| m.user_id.clone().into_boxed_str());
-        match self.app.hub.subscribe(name, kind, &self.conn, member) {
+        let max_members = self.app.config().max_presence_members;
+        match self
+            .app
+            .hub
+            .subscribe(name, kind, &self.conn, member, max_members)
+        {
             Ok(()) => {
                 self.subscriptions.insert(name.into(), user_id);
                 self.authorized |=
@@ -235,7 +240,7 @@ impl Session {
         data: &SubscribeData,
     ) -> Result<Option<PresenceMember>, (u16, String)> {
         let socket_id = self.conn.socket_id.to_string();
-        let config = &self.app.config;
+        let config = self.app.config();
         let auth = data.auth.as_deref().unwrap_or("");
         let check = |channel_data: Option<&str>| {
             let to_sign = signing::channel_string_to_sign(&socket_id, channel, channel_data);
@@ -287,7 +292,7 @@ impl Session {
 
     fn sign_in(&mut self, data: SigninData) {
         let socket_id = self.conn.socket_id.to_string();
-        let config = &self.app.config;
+        let config = self.app.config();
         let to_sign = signing::user_string_to_sign(&socket_id, &data.user_data);
         if let Err(e) = signing::verify_auth(&config.key, &config.secret, &data.auth, &to_sign) {
             return self.error(
@@ -321,7 +326,7 @@ impl Session {
         }
         self.conn.push_text(&frame::signin_success(&data.user_data));
         self.app.sign_in(&user.id, &self.conn);
-        let watchlist: Vec<Box<str>> = if self.app.config.watchlist_events {
+        let watchlist: Vec<Box<str>> = if config.watchlist_events {
             user.watchlist.into_iter().map(Into::into).collect()
         } else {
             Vec::new()
@@ -352,6 +357,7 @@ impl Session {
     fn client_event(&mut self, frame: &ClientFrame<'_>) {
         let event = &*frame.event;
         let channel = frame.channel.as_deref().unwrap_or("");
+        let config = self.app.config();
         let reject = |session: &Self, message: &str, reason| {
             let channel = (!channel.is_empty()).then_some(channel);
             session.error(
@@ -361,7 +367,7 @@ impl Session {
                 reason,
             );
         };
-        if !self.app.config.client_events {
+        if !config.client_events {
             return reject(
                 self,
                 "Client events are not enabled for this app",
@@ -390,16 +396,13 @@ impl Session {
             return reject(self, "Client event has no data", "client_event_no_data");
         };
         let data = frame::data_as_text(raw);
-        if data.len() > self.app.config.max_event_bytes {
-            let msg = format!(
-                "Event data is over {} bytes",
-                self.app.config.max_event_bytes
-            );
+        if data.len() > config.max_event_bytes {
+            let msg = format!("Event data is over {} bytes", config.max_event_bytes);
             return reject(self, &msg, "client_event_too_large");
         }
         if !self
             .client_events
-            .take(self.app.config.client_event_rate, Instant::now())
+            .take(config.client_event_rate, Instant::now())
         {
             return reject(
                 self,
@@ -420,15 +423,13 @@ impl Session {
         metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => self.app.id.to_string(), "source" => "client").increment(1);
         metrics::counter!(telemetry::MESSAGES_OUT, "app" => self.app.id.to_string())
             .increment(delivered as u64);
-        if let Some(webhooks) = &self.app.webhooks {
-            webhooks.raise(WebhookEvent::ClientEvent {
-                channel: channel.into(),
-                event: event.into(),
-                data: data.into(),
-                socket_id: self.conn.socket_id.to_string().into(),
-                user_id: user_id.map(Into::into),
-            });
-        }
+        self.app.webhooks.raise(WebhookEvent::ClientEvent {
+            channel: channel.into(),
+            event: event.into(),
+            data: data.into(),
+            socket_id: self.conn.socket_id.to_string().into(),
+            user_id: user_id.map(Into::into),
+        });
     }
 
     /// Leaves every channel and signs out; called once when the connection ends.

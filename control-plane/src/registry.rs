@@ -1,0 +1,338 @@
+//! The cluster's state as plain data: members with their leases, apps, and the view
+//! version. Sans-IO: every method takes the time and returns the [`ViewUpdate`] it caused,
+//! which the service persists and broadcasts. Every change moves the version by one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use relaymesh_proto::control::{App, Member, NodeInfo, NodeLoad, NodeState, ViewUpdate};
+use relaymesh_proto::ring::Ring;
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RegistryError {
+    #[error("unknown or expired lease")]
+    UnknownLease,
+    #[error("no node {0:?}")]
+    UnknownNode(String),
+    #[error("no app {0:?}")]
+    UnknownApp(String),
+    #[error("an app with key {0:?} exists")]
+    DuplicateKey(String),
+}
+
+/// A registered node and its lease.
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    pub info: NodeInfo,
+    pub state: NodeState,
+    pub lease_id: String,
+    pub lease_expires: Instant,
+    pub registered: Instant,
+    pub load: NodeLoad,
+}
+
+impl MemberRecord {
+    fn member(&self) -> Member {
+        Member {
+            node: Some(self.info.clone()),
+            state: self.state as i32,
+        }
+    }
+}
+
+pub struct Registry {
+    version: u64,
+    lease_ttl: Duration,
+    members: BTreeMap<String, MemberRecord>,
+    /// Lease id → node id.
+    leases: HashMap<String, String>,
+    apps: BTreeMap<String, App>,
+    /// The ring of active members, rebuilt when membership changes.
+    ring: Ring,
+}
+
+impl Registry {
+    /// A registry that continues from `version` (never reusing one) with persisted `apps`.
+    pub fn new(version: u64, lease_ttl: Duration, apps: Vec<App>) -> Registry {
+        Registry {
+            version,
+            lease_ttl,
+            members: BTreeMap::new(),
+            leases: HashMap::new(),
+            apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            ring: Ring::default(),
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    fn next(&mut self) -> ViewUpdate {
+        self.version += 1;
+        ViewUpdate {
+            version: self.version,
+            ..ViewUpdate::default()
+        }
+    }
+
+    fn rebuild_ring(&mut self) {
+        let active = self
+            .members
+            .values()
+            .filter(|m| m.state == NodeState::Active)
+            .map(|m| m.info.node_id.as_str());
+        self.ring = Ring::new(active);
+    }
+
+    /// The whole state as a `full` update at the current version.
+    pub fn full_view(&self) -> ViewUpdate {
+        ViewUpdate {
+            version: self.version,
+            full: true,
+            members: self.members.values().map(MemberRecord::member).collect(),
+            apps: self.apps.values().cloned().collect(),
+            ..ViewUpdate::default()
+        }
+    }
+
+    /// Registers (or re-registers) a node with a new lease; it joins as `Joining`.
+    pub fn register(&mut self, now: Instant, info: NodeInfo, lease_id: String) -> ViewUpdate {
+        if let Some(old) = self.members.get(&info.node_id) {
+            self.leases.remove(&old.lease_id);
+        }
+        self.leases.insert(lease_id.clone(), info.node_id.clone());
+        let record = MemberRecord {
+            info: info.clone(),
+            state: NodeState::Joining,
+            lease_id,
+            lease_expires: now + self.lease_ttl,
+            registered: now,
+            load: NodeLoad::default(),
+        };
+        let mut update = self.next();
+        update.members.push(record.member());
+        self.members.insert(info.node_id, record);
+        self.rebuild_ring();
+        update
+    }
+
+    /// Renews a lease. The first keepalive makes a joining node active (a view change).
+    pub fn keep_alive(
+        &mut self,
+        now: Instant,
+        lease_id: &str,
+        load: NodeLoad,
+    ) -> Result<(NodeState, Option<ViewUpdate>), RegistryError> {
+        let node_id = self
+            .leases
+            .get(lease_id)
+            .ok_or(RegistryError::UnknownLease)?
+            .clone();
+        let ttl = self.lease_ttl;
+        let record = self
+            .members
+            .get_mut(&node_id)
+            .ok_or(RegistryError::UnknownLease)?;
+        record.lease_expires = now + ttl;
+        record.load = load;
+        if record.state != NodeState::Joining {
+            return Ok((record.state, None));
+        }
+        record.state = NodeState::Active;
+        let member = record.member();
+        let mut update = self.next();
+        update.members.push(member);
+        self.rebuild_ring();
+        Ok((NodeState::Active, Some(update)))
+    }
+
+    /// Removes the node holding `lease_id`.
+    pub fn leave(&mut self, lease_id: &str) -> Result<ViewUpdate, RegistryError> {
+        let node_id = self
+            .leases
+            .remove(lease_id)
+            .ok_or(RegistryError::UnknownLease)?;
+        self.members.remove(&node_id);
+        let mut update = self.next();
+        update.removed_nodes.push(node_id);
+        self.rebuild_ring();
+        Ok(update)
+    }
+
+    /// Removes every node whose lease ran out; one update for all of them.
+    pub fn expire(&mut self, now: Instant) -> Option<(Vec<String>, ViewUpdate)> {
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.lease_expires <= now)
+            .map(|m| m.info.node_id.clone())
+            .collect();
+        if expired.is_empty() {
+            return None;
+        }
+        for node_id in &expired {
+            if let Some(record) = self.members.remove(node_id) {
+                self.leases.remove(&record.lease_id);
+            }
+        }
+        let mut update = self.next();
+        update.removed_nodes = expired.clone();
+        self.rebuild_ring();
+        Some((expired, update))
+    }
+
+    /// Marks a node draining: it leaves the ring.
+    pub fn drain(&mut self, node_id: &str) -> Result<Option<ViewUpdate>, RegistryError> {
+        let record = self
+            .members
+            .get_mut(node_id)
+            .ok_or_else(|| RegistryError::UnknownNode(node_id.to_owned()))?;
+        if record.state == NodeState::Draining {
+            return Ok(None);
+        }
+        record.state = NodeState::Draining;
+        let member = record.member();
+        let mut update = self.next();
+        update.members.push(member);
+        self.rebuild_ring();
+        Ok(Some(update))
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &MemberRecord> {
+        self.members.values()
+    }
+
+    /// The owner of a channel under the current view.
+    pub fn owner(&self, app_id: &str, channel: &str) -> Option<&NodeInfo> {
+        let node_id = self.ring.owner(app_id, channel)?;
+        self.members.get(node_id).map(|m| &m.info)
+    }
+
+    pub fn apps(&self) -> impl Iterator<Item = &App> {
+        self.apps.values()
+    }
+
+    pub fn app(&self, id: &str) -> Option<&App> {
+        self.apps.get(id)
+    }
+
+    /// Adds or replaces an app (same id); keys are unique across apps.
+    pub fn put_app(&mut self, app: App) -> Result<ViewUpdate, RegistryError> {
+        if self
+            .apps
+            .values()
+            .any(|a| a.key == app.key && a.id != app.id)
+        {
+            return Err(RegistryError::DuplicateKey(app.key));
+        }
+        let mut update = self.next();
+        update.apps.push(app.clone());
+        self.apps.insert(app.id.clone(), app);
+        Ok(update)
+    }
+
+    pub fn delete_app(&mut self, id: &str) -> Result<ViewUpdate, RegistryError> {
+        self.apps
+            .remove(id)
+            .ok_or_else(|| RegistryError::UnknownApp(id.to_owned()))?;
+        let mut update = self.next();
+        update.removed_apps.push(id.to_owned());
+        Ok(update)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> NodeInfo {
+        NodeInfo {
+            node_id: id.into(),
+            region: "eu".into(),
+            ..NodeInfo::default()
+        }
+    }
+
+    #[test]
+    fn lease_lifecycle_moves_the_version_once_per_change() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(1);
+        let mut r = Registry::new(10, ttl, Vec::new());
+        let u = r.register(t0, info("a"), "lease-a".into());
+        assert_eq!(u.version, 11);
+        assert!(r.owner("app", "c").is_none(), "a joining node owns nothing");
+        let (state, u) = r.keep_alive(t0, "lease-a", NodeLoad::default()).unwrap();
+        assert_eq!((state, u.unwrap().version), (NodeState::Active, 12));
+        assert_eq!(r.owner("app", "c").unwrap().node_id, "a");
+        let (_, u) = r
+            .keep_alive(t0 + ttl / 2, "lease-a", NodeLoad::default())
+            .unwrap();
+        assert!(u.is_none(), "a renewal is not a view change");
+        assert!(r.expire(t0 + ttl).is_none(), "renewed at ttl/2");
+        let (expired, u) = r.expire(t0 + ttl + ttl / 2).unwrap();
+        assert_eq!((expired, u.version), (vec!["a".to_owned()], 13));
+        assert_eq!(
+            r.keep_alive(t0, "lease-a", NodeLoad::default())
+                .unwrap_err(),
+            RegistryError::UnknownLease
+        );
+    }
+
+    #[test]
+    fn re_registering_replaces_the_old_lease() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
+        r.register(t0, info("a"), "old".into());
+        r.register(t0, info("a"), "new".into());
+        assert!(r.keep_alive(t0, "old", NodeLoad::default()).is_err());
+        assert!(r.keep_alive(t0, "new", NodeLoad::default()).is_ok());
+        assert_eq!(r.full_view().members.len(), 1);
+        assert!(r.leave("new").unwrap().removed_nodes == vec!["a".to_owned()]);
+    }
+
+    #[test]
+    fn draining_leaves_the_ring() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
+        for id in ["a", "b"] {
+            r.register(t0, info(id), id.into());
+            r.keep_alive(t0, id, NodeLoad::default()).unwrap();
+        }
+        r.drain("a").unwrap();
+        for i in 0..100 {
+            assert_eq!(r.owner("app", &format!("c{i}")).unwrap().node_id, "b");
+        }
+        assert!(r.drain("a").unwrap().is_none());
+        assert_eq!(
+            r.drain("zz").unwrap_err(),
+            RegistryError::UnknownNode("zz".into())
+        );
+    }
+
+    #[test]
+    fn apps_keys_are_unique() {
+        let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
+        let app = |id: &str, key: &str| App {
+            id: id.into(),
+            key: key.into(),
+            ..App::default()
+        };
+        r.put_app(app("1", "k")).unwrap();
+        assert_eq!(
+            r.put_app(app("2", "k")).unwrap_err(),
+            RegistryError::DuplicateKey("k".into())
+        );
+        r.put_app(app("1", "k")).unwrap();
+        assert_eq!(
+            r.delete_app("1").unwrap().removed_apps,
+            vec!["1".to_owned()]
+        );
+        assert!(r.delete_app("1").is_err());
+    }
+}
