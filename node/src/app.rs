@@ -10,6 +10,7 @@ use relaymesh_proto::codes::ErrorCode;
 use crate::config::{AppConfig, Config, WebhookConfig};
 use crate::edge::outbox::{Conn, SocketId};
 use crate::hub::Hub;
+use crate::telemetry::NodeStats;
 use crate::webhooks::Webhooks;
 
 /// An app's settings, replaceable while it runs (the control plane updates them); readers
@@ -37,6 +38,8 @@ pub struct App {
     pub id: Arc<str>,
     pub hub: Hub,
     pub webhooks: Webhooks,
+    /// The node's message counters.
+    pub stats: Arc<NodeStats>,
     /// Live connections, for the quota and for closing them all on shutdown.
     connections: Mutex<HashMap<SocketId, Arc<Conn>>>,
     connection_count: AtomicUsize,
@@ -74,11 +77,27 @@ impl App {
             id,
             hub,
             webhooks,
+            stats: node.stats.clone(),
             connections: Mutex::new(HashMap::new()),
             connection_count: AtomicUsize::new(0),
             users: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts one frame received from a client.
+    pub fn count_received(&self) {
+        metrics::counter!(crate::telemetry::MESSAGES_IN, "app" => self.id.to_string()).increment(1);
+        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts frames queued to clients.
+    pub fn count_delivered(&self, frames: usize) {
+        metrics::counter!(crate::telemetry::MESSAGES_OUT, "app" => self.id.to_string())
+            .increment(frames as u64);
+        self.stats
+            .messages_out
+            .fetch_add(frames as u64, Ordering::Relaxed);
     }
 
     /// The app's current settings.
@@ -224,6 +243,7 @@ pub struct NodeAppSettings {
     pub webhooks: WebhookConfig,
     pub http: reqwest::Client,
     pub cache_entries_max: usize,
+    pub stats: Arc<NodeStats>,
 }
 
 #[derive(Default)]
@@ -240,13 +260,14 @@ pub struct Apps {
 }
 
 impl Apps {
-    pub fn new(config: &Config, http: &reqwest::Client) -> Apps {
+    pub fn new(config: &Config, http: &reqwest::Client, stats: Arc<NodeStats>) -> Apps {
         let apps = Apps {
             index: RwLock::new(Index::default()),
             settings: NodeAppSettings {
                 webhooks: config.webhooks.clone(),
                 http: http.clone(),
                 cache_entries_max: config.cache_entries_max,
+                stats,
             },
         };
         apps.sync(config.apps.clone());

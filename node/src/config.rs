@@ -32,7 +32,10 @@ pub struct Config {
     /// Cache channel entries kept per app; the oldest are evicted beyond it.
     pub cache_entries_max: usize,
     pub webhooks: WebhookConfig,
-    /// The apps this node serves. Empty means the development app.
+    /// Joining a cluster: without an endpoint the node runs standalone.
+    pub control_plane: ControlPlaneConfig,
+    /// The apps this node serves. Empty means the development app, unless the apps come
+    /// from a control plane.
     pub apps: Vec<AppConfig>,
 }
 
@@ -49,9 +52,47 @@ impl Default for Config {
             timestamp_window_secs: 600,
             cache_entries_max: 100_000,
             webhooks: WebhookConfig::default(),
+            control_plane: ControlPlaneConfig::default(),
             apps: Vec::new(),
         }
     }
+}
+
+/// How the node joins a control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneConfig {
+    /// gRPC endpoint, e.g. `http://127.0.0.1:7000`; flag `--control-plane`.
+    pub endpoint: Option<String>,
+    /// Region label reported to the control plane; flag `--region`.
+    pub region: String,
+    /// Stable node id; a random one is chosen when absent.
+    pub node_id: Option<String>,
+    /// Token the control plane expects from joining nodes.
+    pub join_token: String,
+    /// Connections the node is sized for, reported to operators.
+    pub capacity: u64,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        ControlPlaneConfig {
+            endpoint: None,
+            region: "local".into(),
+            node_id: None,
+            join_token: "dev-join-token".into(),
+            capacity: 100_000,
+        }
+    }
+}
+
+/// Command-line settings that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub control_plane: Option<String>,
+    pub region: Option<String>,
+    pub node_id: Option<String>,
 }
 
 /// Webhook delivery (shared by all apps; the URLs are per app).
@@ -160,10 +201,10 @@ pub enum ConfigError {
 
 impl Config {
     /// Layers `file` (if any), then `RELAYMESH_*` variables (`__` separates nested keys,
-    /// e.g. `RELAYMESH_WEBHOOKS__BATCH_MS`), then `listen` from the command line.
+    /// e.g. `RELAYMESH_WEBHOOKS__BATCH_MS`), then the command line (`overrides`).
     pub fn load(
         file: Option<&std::path::Path>,
-        listen: Option<SocketAddr>,
+        overrides: Overrides,
     ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
@@ -175,12 +216,31 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("RELAYMESH_").split("__"));
-        if let Some(listen) = listen {
+        // The control plane's own variables share the prefix; they are not node settings.
+        let env = Env::prefixed("RELAYMESH_")
+            .ignore(&["control_join_token", "control_operator_token"])
+            .split("__");
+        figment = figment.merge(env);
+        if let Some(listen) = overrides.listen {
             figment = figment.merge(("listen", listen));
         }
+        if let Some(endpoint) = overrides.control_plane {
+            figment = figment.merge(("control_plane.endpoint", endpoint));
+        }
+        if let Some(region) = overrides.region {
+            figment = figment.merge(("control_plane.region", region));
+        }
+        if let Some(node_id) = overrides.node_id {
+            figment = figment.merge(("control_plane.node_id", node_id));
+        }
         let mut config: Config = figment.extract().map_err(Box::new)?;
-        if config.apps.is_empty() {
+        if config.control_plane.endpoint.is_some() {
+            if !config.apps.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "apps come from the control plane when control_plane.endpoint is set: remove [[apps]]".into(),
+                ));
+            }
+        } else if config.apps.is_empty() {
             config.apps.push(AppConfig::development());
         }
         config.validate()?;
@@ -271,7 +331,7 @@ mod tests {
 
     #[test]
     fn empty_config_serves_the_development_app() {
-        let config = Config::load(None, None).unwrap();
+        let config = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(config.listen.port(), 6001);
         assert_eq!(config.apps.len(), 1);
         assert_eq!(config.apps[0].key, "app-key");
@@ -282,13 +342,21 @@ mod tests {
         let file = write(
             "listen = \"127.0.0.1:7777\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nmax_connections = 5\n",
         );
-        let config = Config::load(Some(&file.0), None).unwrap();
+        let config = Config::load(Some(&file.0), Overrides::default()).unwrap();
         assert_eq!(config.listen.port(), 7777);
         assert_eq!(config.apps[0].max_connections, Some(5));
         assert_eq!(config.apps[0].max_presence_members, 100);
         let flag = SocketAddr::from(([127, 0, 0, 1], 8888));
         assert_eq!(
-            Config::load(Some(&file.0), Some(flag)).unwrap().listen,
+            Config::load(
+                Some(&file.0),
+                Overrides {
+                    listen: Some(flag),
+                    ..Overrides::default()
+                }
+            )
+            .unwrap()
+            .listen,
             flag
         );
     }
@@ -297,7 +365,7 @@ mod tests {
     fn the_deploy_example_loads() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/relaymesh-node.toml");
-        let config = Config::load(Some(&path), None).unwrap();
+        let config = Config::load(Some(&path), Overrides::default()).unwrap();
         assert_eq!(config.apps[0].key, "app-key");
         assert_eq!(config.webhooks.vacate_delay_ms, 3000);
     }
@@ -305,18 +373,31 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_fatal() {
         let file = write("listn = \"127.0.0.1:7777\"\n");
-        let err = Config::load(Some(&file.0), None).unwrap_err().to_string();
+        let err = Config::load(Some(&file.0), Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listn"), "{err}");
         let file = write("activity_timeout_secs = \"soon\"\n");
-        let err = Config::load(Some(&file.0), None).unwrap_err().to_string();
+        let err = Config::load(Some(&file.0), Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("activity_timeout_secs"), "{err}");
         let file = write("[[apps]]\nid = \"1\"\nkey = \"k\"\n");
-        assert!(Config::load(Some(&file.0), None).is_err());
+        assert!(Config::load(Some(&file.0), Overrides::default()).is_err());
         let file = write("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\n[[apps]]\nid=\"2\"\nkey=\"k\"\nsecret=\"t\"\n");
-        assert!(Config::load(Some(&file.0), None)
+        assert!(Config::load(Some(&file.0), Overrides::default())
             .unwrap_err()
             .to_string()
             .contains("twice"));
-        assert!(Config::load(Some(std::path::Path::new("/nonexistent.toml")), None).is_err());
+        assert!(Config::load(
+            Some(std::path::Path::new("/nonexistent.toml")),
+            Overrides::default()
+        )
+        .is_err());
+        let file = write("[control_plane]\nendpoint = \"http://127.0.0.1:7000\"\n[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\n");
+        assert!(Config::load(Some(&file.0), Overrides::default())
+            .unwrap_err()
+            .to_string()
+            .contains("control plane"));
     }
 }

@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod edge;
 pub mod hub;
+pub mod membership;
 pub mod telemetry;
 pub mod webhooks;
 
@@ -28,12 +29,20 @@ use tokio::task::JoinHandle;
 use crate::app::Apps;
 use crate::config::Config;
 use crate::edge::outbox::SocketId;
+use crate::membership::ClusterView;
+use crate::telemetry::NodeStats;
 
 /// State shared by every connection and request of one node.
 pub struct Shared {
     pub config: Config,
     pub apps: Apps,
     pub metrics: PrometheusHandle,
+    /// This node's id in the cluster.
+    pub node_id: String,
+    /// The last cluster view from the control plane (empty when standalone).
+    pub view: watch::Sender<Arc<ClusterView>>,
+    /// Message counters for the load reported to the control plane.
+    pub stats: Arc<NodeStats>,
     /// First half of every socket id of this node: random, so ids differ across nodes.
     socket_node: u64,
     next_socket: AtomicU64,
@@ -51,6 +60,11 @@ impl Shared {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+
+    /// Stops taking new connections (`/readyz` answers 503).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A running node. Dropping it stops the node without waiting.
@@ -59,6 +73,7 @@ pub struct NodeHandle {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     accept: Option<JoinHandle<()>>,
+    membership: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -73,10 +88,13 @@ impl NodeHandle {
     /// Stops accepting, asks every client to reconnect elsewhere (4200) and waits up to
     /// `grace` for the connections to close.
     pub async fn shutdown(mut self, grace: Duration) {
-        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.set_draining();
         let _ = self.stop.send(true);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
+        }
+        if let Some(membership) = self.membership.take() {
+            let _ = membership.await;
         }
         for app in self.shared.apps.all() {
             app.close_all(
@@ -104,6 +122,9 @@ impl Drop for NodeHandle {
         if let Some(accept) = self.accept.take() {
             accept.abort();
         }
+        if let Some(membership) = self.membership.take() {
+            membership.abort();
+        }
     }
 }
 
@@ -114,21 +135,32 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         .timeout(Duration::from_millis(config.webhooks.timeout_ms))
         .build()
         .map_err(std::io::Error::other)?;
+    let stats = Arc::new(NodeStats::default());
+    let node_id = config
+        .control_plane
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
     let shared = Arc::new(Shared {
-        apps: Apps::new(&config, &http),
+        apps: Apps::new(&config, &http, stats.clone()),
         config,
         metrics: telemetry::handle(),
+        node_id,
+        view: watch::Sender::new(Arc::new(ClusterView::default())),
+        stats,
         socket_node: rand::random::<u32>() as u64,
         next_socket: AtomicU64::new(1),
         draining: AtomicBool::new(false),
     });
     let (stop, stopped) = watch::channel(false);
+    let membership = membership::spawn(shared.clone(), local_addr, stopped.clone());
     let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
     Ok(NodeHandle {
         local_addr,
         shared,
         stop,
         accept: Some(accept),
+        membership,
     })
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use relaymesh_node::config::Config;
+use relaymesh_node::config::{Config, Overrides};
 
 /// A relaymesh edge node: Pusher Channels protocol v7 and HTTP API.
 #[derive(Parser)]
@@ -18,6 +18,16 @@ struct Args {
     /// Address to serve WebSocket, HTTP API and ops endpoints on (default 127.0.0.1:6001).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Join the cluster of this control plane (gRPC URL, e.g. http://127.0.0.1:7000);
+    /// apps then come from its registry.
+    #[arg(long)]
+    control_plane: Option<String>,
+    /// Region label reported to the control plane.
+    #[arg(long)]
+    region: Option<String>,
+    /// Node id in the cluster (random when absent).
+    #[arg(long)]
+    node_id: Option<String>,
 }
 
 /// Exit status for a configuration error (EX_USAGE).
@@ -32,7 +42,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref(), args.listen) {
+    let overrides = Overrides {
+        listen: args.listen,
+        control_plane: args.control_plane,
+        region: args.region,
+        node_id: args.node_id,
+    };
+    let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("relaymesh-node: {e}");
@@ -68,9 +84,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .iter()
         .map(|a| (a.id.clone(), a.key.clone(), a.secret.clone()))
         .collect();
+    let control_plane = config.control_plane.endpoint.clone();
     let node = relaymesh_node::start(config, listener)?;
     let addr = node.local_addr();
     println!("relaymesh-node listening on {addr}");
+    if let Some(endpoint) = control_plane {
+        println!(
+            "  node {} following the control plane at {endpoint}; apps come from its registry",
+            node.shared().node_id
+        );
+    }
     for (id, key, secret) in apps {
         println!("  app id={id} key={key} secret={secret}");
     }

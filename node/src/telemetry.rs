@@ -2,6 +2,7 @@
 //! process-wide (the `metrics` crate has one global recorder), so nodes started in one
 //! test process share it.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -47,4 +48,11 @@ pub fn handle() -> PrometheusHandle {
 pub fn count_error(code: Option<u16>, reason: &'static str) {
     let code = code.map_or_else(|| "null".to_owned(), |c| c.to_string());
     metrics::counter!(ERRORS, "code" => code, "reason" => reason).increment(1);
+}
+
+/// Counters of one node, read for the load it reports to the control plane.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
 }

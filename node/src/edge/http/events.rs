@@ -159,8 +159,7 @@ fn publish(app: &App, event: &Event) -> usize {
     }
     metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => app.id.to_string(), "source" => "api")
         .increment(1);
-    metrics::counter!(telemetry::MESSAGES_OUT, "app" => app.id.to_string())
-        .increment(delivered as u64);
+    app.count_delivered(delivered);
     delivered
 }
 

@@ -119,7 +119,7 @@ impl Session {
 
     /// Handles one text message from the client.
     pub fn on_text(&mut self, text: &str) {
-        metrics::counter!(telemetry::MESSAGES_IN, "app" => self.app.id.to_string()).increment(1);
+        self.app.count_received();
         let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
             Err(e) => return self.error(None, &e.to_string(), None, "malformed_json"),
@@ -421,8 +421,7 @@ impl Session {
             .hub
             .publish(channel, encoded, None, Some(self.conn.socket_id));
         metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => self.app.id.to_string(), "source" => "client").increment(1);
-        metrics::counter!(telemetry::MESSAGES_OUT, "app" => self.app.id.to_string())
-            .increment(delivered as u64);
+        self.app.count_delivered(delivered);
         self.app.webhooks.raise(WebhookEvent::ClientEvent {
             channel: channel.into(),
             event: event.into(),

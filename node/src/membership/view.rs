@@ -1,0 +1,148 @@
+//! The cluster view as a node holds it, rebuilt from the control plane's updates.
+//! Sans-IO: `apply` takes one update and says whether it fit.
+
+use std::collections::BTreeMap;
+
+use relaymesh_proto::control::{App, Member, NodeState, ViewUpdate};
+use relaymesh_proto::ring::Ring;
+use thiserror::Error;
+
+use crate::config::AppConfig;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ViewError {
+    #[error("update {got} does not follow version {have}")]
+    Gap { have: u64, got: u64 },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub version: u64,
+    pub members: BTreeMap<String, Member>,
+    pub apps: BTreeMap<String, App>,
+    /// The ring of active members.
+    pub ring: Ring,
+}
+
+impl ClusterView {
+    /// Applies a full view or the delta that follows the current version.
+    pub fn apply(&mut self, update: ViewUpdate) -> Result<(), ViewError> {
+        if update.full {
+            self.members.clear();
+            self.apps.clear();
+        } else if update.version != self.version + 1 {
+            return Err(ViewError::Gap {
+                have: self.version,
+                got: update.version,
+            });
+        }
+        self.version = update.version;
+        for id in update.removed_nodes {
+            self.members.remove(&id);
+        }
+        for member in update.members {
+            if let Some(node) = &member.node {
+                self.members.insert(node.node_id.clone(), member);
+            }
+        }
+        for id in update.removed_apps {
+            self.apps.remove(&id);
+        }
+        for app in update.apps {
+            self.apps.insert(app.id.clone(), app);
+        }
+        let active = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == NodeState::Active as i32)
+            .map(|(id, _)| id.as_str());
+        self.ring = Ring::new(active);
+        Ok(())
+    }
+
+    pub fn state_of(&self, node_id: &str) -> Option<NodeState> {
+        self.members
+            .get(node_id)
+            .and_then(|m| NodeState::try_from(m.state).ok())
+    }
+
+    /// The apps as node settings; what the control plane does not carry keeps its default.
+    pub fn app_configs(&self) -> Vec<AppConfig> {
+        self.apps
+            .values()
+            .map(|a| AppConfig {
+                id: a.id.clone(),
+                key: a.key.clone(),
+                secret: a.secret.clone(),
+                enabled: a.enabled,
+                client_events: a.client_events,
+                client_event_rate: a.client_event_rate.max(1),
+                max_connections: (a.max_connections > 0).then_some(a.max_connections as usize),
+                max_presence_members: a.max_presence_members.max(1) as usize,
+                max_event_bytes: a.max_event_bytes as usize,
+                webhooks: a.webhooks.clone(),
+                ..AppConfig::default()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaymesh_proto::control::NodeInfo;
+
+    fn member(id: &str, state: NodeState) -> Member {
+        Member {
+            node: Some(NodeInfo {
+                node_id: id.into(),
+                ..NodeInfo::default()
+            }),
+            state: state as i32,
+        }
+    }
+
+    #[test]
+    fn full_then_deltas_in_order() {
+        let mut view = ClusterView::default();
+        view.apply(ViewUpdate {
+            version: 7,
+            full: true,
+            members: vec![member("a", NodeState::Active)],
+            apps: vec![App {
+                id: "1".into(),
+                key: "k".into(),
+                max_connections: 0,
+                ..App::default()
+            }],
+            ..ViewUpdate::default()
+        })
+        .unwrap();
+        assert_eq!(view.ring.owner("1", "c"), Some("a"));
+        assert_eq!(view.app_configs()[0].max_connections, None);
+        view.apply(ViewUpdate {
+            version: 8,
+            members: vec![member("b", NodeState::Joining)],
+            removed_apps: vec!["1".into()],
+            ..ViewUpdate::default()
+        })
+        .unwrap();
+        assert_eq!(view.members.len(), 2);
+        assert!(view.apps.is_empty());
+        assert_eq!(view.ring.nodes(), ["a"], "joining nodes own nothing");
+        let gap = view.apply(ViewUpdate {
+            version: 10,
+            ..ViewUpdate::default()
+        });
+        assert_eq!(gap, Err(ViewError::Gap { have: 8, got: 10 }));
+        view.apply(ViewUpdate {
+            version: 9,
+            removed_nodes: vec!["a".into()],
+            ..ViewUpdate::default()
+        })
+        .unwrap();
+        assert_eq!(view.state_of("a"), None);
+        assert_eq!(view.state_of("b"), Some(NodeState::Joining));
+        assert!(view.ring.is_empty());
+    }
+}
