@@ -109,8 +109,9 @@ process.on('exit', () => {
 });
 
 class RelaymeshServer {
-  constructor({ apps, port, dir }) {
+  constructor({ apps, port, dir, extraToml = '' }) {
     this.apps = apps;
+    this.extraToml = extraToml; // top-level settings and tables written before the apps
     this.port = port;
     this.dir = dir;
     this.configPath = path.join(dir, 'server.toml');
@@ -137,7 +138,7 @@ class RelaymeshServer {
           `or set RELAYMESH_NODE_BIN)`,
       );
     }
-    fs.writeFileSync(this.configPath, this.apps.map(appToToml).join('\n'));
+    fs.writeFileSync(this.configPath, this.extraToml + this.apps.map(appToToml).join('\n'));
     const listenAddr = `127.0.0.1:${this.port}`;
     // RELAYMESH_* variables configure the node, which refuses unknown ones: keep ours out.
     const { RELAYMESH_NODE_BIN: _bin, ...env } = process.env;
@@ -261,10 +262,10 @@ class RelaymeshServer {
   }
 }
 
-async function startServer({ apps = [DEFAULT_APP] } = {}) {
+async function startServer({ apps = [DEFAULT_APP], extraToml = '' } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rmcompat-'));
   const port = await freePort();
-  const server = new RelaymeshServer({ apps, port, dir });
+  const server = new RelaymeshServer({ apps, port, dir, extraToml });
   try {
     await server.start();
   } catch (err) {
