@@ -129,10 +129,10 @@ pub fn start(
     let heartbeat = config.heartbeat;
     let join = bearer(config.join_token.as_str().into());
     let operator = bearer(config.operator_token.as_str().into());
-    let control = Arc::new(ControlPlane::new(config, store, snapshot));
+    let (stop, stopped) = watch::channel(false);
+    let control = Arc::new(ControlPlane::new(config, store, snapshot, stopped.clone()));
     control.startup()?;
     let metrics = telemetry::handle();
-    let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
     let expiry = control.clone();

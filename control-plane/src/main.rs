@@ -149,7 +149,21 @@ async fn serve(config: Config, listen: SocketAddr, http_listen: SocketAddr) -> a
         http_listen,
         data_dir.display()
     );
-    let _ = tokio::signal::ctrl_c().await;
+    wait_for_stop_signal().await;
     handle.shutdown().await;
     Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -48,8 +48,9 @@ pub struct Registry {
     /// Lease id → node id.
     leases: HashMap<String, String>,
     apps: BTreeMap<String, App>,
-    /// The ring of active members, rebuilt when membership changes.
-    ring: Ring,
+    /// The ring of active members: built on first use after the active set changed, so a
+    /// registration storm does not rebuild it per event.
+    ring: std::cell::OnceCell<Ring>,
 }
 
 impl Registry {
@@ -61,7 +62,7 @@ impl Registry {
             members: BTreeMap::new(),
             leases: HashMap::new(),
             apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
-            ring: Ring::default(),
+            ring: std::cell::OnceCell::new(),
         }
     }
 
@@ -81,13 +82,20 @@ impl Registry {
         }
     }
 
-    fn rebuild_ring(&mut self) {
-        let active = self
-            .members
-            .values()
-            .filter(|m| m.state == NodeState::Active)
-            .map(|m| m.info.node_id.as_str());
-        self.ring = Ring::new(active);
+    /// Forgets the ring; called whenever the set of active members may have changed.
+    fn active_set_changed(&mut self) {
+        self.ring = std::cell::OnceCell::new();
+    }
+
+    fn ring(&self) -> &Ring {
+        self.ring.get_or_init(|| {
+            let active = self
+                .members
+                .values()
+                .filter(|m| m.state == NodeState::Active)
+                .map(|m| m.info.node_id.as_str());
+            Ring::new(active)
+        })
     }
 
     /// The whole state as a `full` update at the current version.
@@ -105,6 +113,9 @@ impl Registry {
     pub fn register(&mut self, now: Instant, info: NodeInfo, lease_id: String) -> ViewUpdate {
         if let Some(old) = self.members.get(&info.node_id) {
             self.leases.remove(&old.lease_id);
+            if old.state == NodeState::Active {
+                self.active_set_changed();
+            }
         }
         self.leases.insert(lease_id.clone(), info.node_id.clone());
         let record = MemberRecord {
@@ -118,7 +129,6 @@ impl Registry {
         let mut update = self.next();
         update.members.push(record.member());
         self.members.insert(info.node_id, record);
-        self.rebuild_ring();
         update
     }
 
@@ -148,7 +158,7 @@ impl Registry {
         let member = record.member();
         let mut update = self.next();
         update.members.push(member);
-        self.rebuild_ring();
+        self.active_set_changed();
         Ok((NodeState::Active, Some(update)))
     }
 
@@ -161,7 +171,7 @@ impl Registry {
         self.members.remove(&node_id);
         let mut update = self.next();
         update.removed_nodes.push(node_id);
-        self.rebuild_ring();
+        self.active_set_changed();
         Ok(update)
     }
 
@@ -183,7 +193,7 @@ impl Registry {
         }
         let mut update = self.next();
         update.removed_nodes = expired.clone();
-        self.rebuild_ring();
+        self.active_set_changed();
         Some((expired, update))
     }
 
@@ -200,7 +210,7 @@ impl Registry {
         let member = record.member();
         let mut update = self.next();
         update.members.push(member);
-        self.rebuild_ring();
+        self.active_set_changed();
         Ok(Some(update))
     }
 
@@ -210,7 +220,7 @@ impl Registry {
 
     /// The owner of a channel under the current view.
     pub fn owner(&self, app_id: &str, channel: &str) -> Option<&NodeInfo> {
-        let node_id = self.ring.owner(app_id, channel)?;
+        let node_id = self.ring().owner(app_id, channel)?;
         self.members.get(node_id).map(|m| &m.info)
     }
 

@@ -10,7 +10,7 @@ use rand::Rng;
 use relaymesh_proto::control::membership_server::Membership;
 use relaymesh_proto::control::ops_server::Ops;
 use relaymesh_proto::control::*;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -21,8 +21,10 @@ use crate::Config;
 
 /// Versions reserved per ceiling write.
 const VERSION_RESERVATION: u64 = 1_000;
-/// Updates a watcher may fall behind before it is sent a full view instead.
-const WATCH_BACKLOG: usize = 1_024;
+/// Updates a watcher may fall behind before it is sent a full view instead. Deltas are
+/// small; a full view of a large cluster is not, so the backlog is deep enough for a
+/// registration storm (every node of a 1,000-node cluster re-registering) to stay deltas.
+const WATCH_BACKLOG: usize = 16_384;
 /// Messages buffered per stream towards one client.
 const STREAM_BUFFER: usize = 64;
 
@@ -31,6 +33,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 struct State {
     registry: Registry,
     snapshot: Snapshot,
+    /// Node records changed since the last save; flushed by [`ControlPlane::expire`]'s tick.
+    nodes_dirty: bool,
 }
 
 /// The gRPC face of a shared [`ControlPlane`].
@@ -49,6 +53,8 @@ pub struct ControlPlane {
     store: Store,
     updates: broadcast::Sender<Arc<ViewUpdate>>,
     config: Config,
+    /// Turns true on shutdown: long-lived streams end so the server can stop.
+    stopping: watch::Receiver<bool>,
 }
 
 fn unix_ms() -> u64 {
@@ -76,15 +82,25 @@ impl From<RegistryError> for Status {
 }
 
 impl ControlPlane {
-    pub fn new(config: Config, store: Store, snapshot: Snapshot) -> ControlPlane {
+    pub fn new(
+        config: Config,
+        store: Store,
+        snapshot: Snapshot,
+        stopping: watch::Receiver<bool>,
+    ) -> ControlPlane {
         let apps = snapshot.apps.iter().cloned().map(App::from).collect();
         let registry = Registry::new(snapshot.version_ceiling, config.lease_ttl, apps);
         let (updates, _) = broadcast::channel(WATCH_BACKLOG);
         ControlPlane {
-            state: Mutex::new(State { registry, snapshot }),
+            state: Mutex::new(State {
+                registry,
+                snapshot,
+                nodes_dirty: false,
+            }),
             store,
             updates,
             config,
+            stopping,
         }
     }
 
@@ -115,6 +131,7 @@ impl ControlPlane {
             state.snapshot.apps = state.registry.apps().map(StoredApp::from).collect();
         }
         if save {
+            state.nodes_dirty = false;
             self.store.save(&state.snapshot).map_err(|e| {
                 tracing::error!(error = %e, "cannot persist state");
                 Status::unavailable(format!("cannot persist state: {e}"))
@@ -126,9 +143,16 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Removes expired leases; called periodically.
+    /// Removes expired leases and saves changed node records; called periodically.
     pub fn expire(&self) {
         let mut state = self.lock();
+        if state.nodes_dirty {
+            // Node records are informational: saved within a tick, not on every registration.
+            match self.store.save(&state.snapshot) {
+                Ok(()) => state.nodes_dirty = false,
+                Err(e) => tracing::error!(error = %e, "cannot persist node records"),
+            }
+        }
         if let Some((expired, update)) = state.registry.expire(Instant::now()) {
             for node_id in &expired {
                 tracing::warn!(node_id, "lease expired");
@@ -276,8 +300,16 @@ impl Membership for Service {
         let mut incoming = request.into_inner();
         let (tx, stream) = channel_stream();
         let control = self.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
-            while let Ok(Some(beat)) = incoming.message().await {
+            loop {
+                let beat = tokio::select! {
+                    beat = incoming.message() => match beat {
+                        Ok(Some(beat)) => beat,
+                        _ => return,
+                    },
+                    _ = stopping.changed() => return,
+                };
                 let result = {
                     let mut state = control.lock();
                     let load = beat.load.unwrap_or_default();
@@ -342,8 +374,13 @@ impl Membership for Service {
             if tx.send(Ok(full)).await.is_err() {
                 return;
             }
+            let mut stopping = control.stopping.clone();
             loop {
-                let update = match updates.recv().await {
+                let received = tokio::select! {
+                    received = updates.recv() => received,
+                    _ = stopping.changed() => return,
+                };
+                let update = match received {
                     Ok(update) if update.version <= sent => continue,
                     Ok(update) => ViewUpdate::clone(&update),
                     Err(broadcast::error::RecvError::Lagged(_)) => {

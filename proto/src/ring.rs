@@ -6,6 +6,8 @@
 //! hashed from `"{node_id}#{i}"`, and a channel's key is `app_id`, a zero byte, then the
 //! channel name. The owner is the node of the first point at or after the key, wrapping.
 
+use std::io::Write;
+
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// Points per node. 256 keeps the busiest of 100 nodes within ~1.15× of the mean load.
@@ -35,9 +37,14 @@ impl Ring {
         nodes.sort();
         nodes.dedup();
         let mut points = Vec::with_capacity(nodes.len() * VNODES);
+        // One buffer for every "{node_id}#{i}": no allocation per point.
+        let mut label = Vec::new();
         for (index, node) in nodes.iter().enumerate() {
             for i in 0..VNODES {
-                points.push((xxh3_64(format!("{node}#{i}").as_bytes()), index as u32));
+                label.clear();
+                // Writing to a Vec cannot fail.
+                let _ = write!(label, "{node}#{i}");
+                points.push((xxh3_64(&label), index as u32));
             }
         }
         // Ties (astronomically rare) resolve by node order, the same everywhere.

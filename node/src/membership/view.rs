@@ -2,6 +2,7 @@
 //! Sans-IO: `apply` takes one update and says whether it fit.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use relaymesh_proto::control::{App, Member, NodeState, ViewUpdate};
 use relaymesh_proto::ring::Ring;
@@ -20,8 +21,9 @@ pub struct ClusterView {
     pub version: u64,
     pub members: BTreeMap<String, Member>,
     pub apps: BTreeMap<String, App>,
-    /// The ring of active members.
-    pub ring: Ring,
+    /// The ring of active members, built on first use after the active set changed (a
+    /// registration storm changes the view thousands of times); shared by clones.
+    ring: Arc<OnceLock<Ring>>,
 }
 
 impl ClusterView {
@@ -37,13 +39,25 @@ impl ClusterView {
             });
         }
         self.version = update.version;
+        let active = NodeState::Active as i32;
+        let mut active_set_changed = update.full;
         for id in update.removed_nodes {
-            self.members.remove(&id);
+            if let Some(old) = self.members.remove(&id) {
+                active_set_changed |= old.state == active;
+            }
         }
         for member in update.members {
             if let Some(node) = &member.node {
+                let was_active = self
+                    .members
+                    .get(&node.node_id)
+                    .is_some_and(|m| m.state == active);
+                active_set_changed |= was_active != (member.state == active);
                 self.members.insert(node.node_id.clone(), member);
             }
+        }
+        if active_set_changed {
+            self.ring = Arc::new(OnceLock::new());
         }
         for id in update.removed_apps {
             self.apps.remove(&id);
@@ -51,13 +65,19 @@ impl ClusterView {
         for app in update.apps {
             self.apps.insert(app.id.clone(), app);
         }
-        let active = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.state == NodeState::Active as i32)
-            .map(|(id, _)| id.as_str());
-        self.ring = Ring::new(active);
         Ok(())
+    }
+
+    /// The ring of the active members.
+    pub fn ring(&self) -> &Ring {
+        self.ring.get_or_init(|| {
+            let active = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.state == NodeState::Active as i32)
+                .map(|(id, _)| id.as_str());
+            Ring::new(active)
+        })
     }
 
     pub fn state_of(&self, node_id: &str) -> Option<NodeState> {
@@ -118,7 +138,7 @@ mod tests {
             ..ViewUpdate::default()
         })
         .unwrap();
-        assert_eq!(view.ring.owner("1", "c"), Some("a"));
+        assert_eq!(view.ring().owner("1", "c"), Some("a"));
         assert_eq!(view.app_configs()[0].max_connections, None);
         view.apply(ViewUpdate {
             version: 8,
@@ -129,7 +149,7 @@ mod tests {
         .unwrap();
         assert_eq!(view.members.len(), 2);
         assert!(view.apps.is_empty());
-        assert_eq!(view.ring.nodes(), ["a"], "joining nodes own nothing");
+        assert_eq!(view.ring().nodes(), ["a"], "joining nodes own nothing");
         let gap = view.apply(ViewUpdate {
             version: 10,
             ..ViewUpdate::default()
@@ -143,6 +163,6 @@ mod tests {
         .unwrap();
         assert_eq!(view.state_of("a"), None);
         assert_eq!(view.state_of("b"), Some(NodeState::Joining));
-        assert!(view.ring.is_empty());
+        assert!(view.ring().is_empty());
     }
 }

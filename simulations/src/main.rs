@@ -1,0 +1,27 @@
+//! `relaymesh-sim`: load simulations that print figures for docs/benchmarks.md.
+
+mod control_plane;
+mod procstat;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "relaymesh load simulations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulated nodes against a running control plane: registration, watch fan-out cost,
+    /// time from a node's death to every watcher seeing it gone.
+    ControlPlane(control_plane::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::ControlPlane(args) => control_plane::run(args).await,
+    }
+}
