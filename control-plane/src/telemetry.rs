@@ -1,9 +1,9 @@
 //! The control plane's own Prometheus metrics.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use relaymesh_proto::control::NodeState;
 
 use crate::registry::Registry;
@@ -19,19 +19,12 @@ pub const LEASE_EXPIRIES: &str = "relaymesh_control_lease_expiries_total";
 /// gRPC calls, by method and status code.
 pub const API_CALLS: &str = "relaymesh_control_api_calls_total";
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Label sets of [`NODES`] emitted so far, so a vanished one is set back to zero.
 static NODE_LABELS: Mutex<BTreeMap<(String, String), ()>> = Mutex::new(BTreeMap::new());
 
+/// The process-wide Prometheus recorder's handle.
 pub fn handle() -> PrometheusHandle {
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
+    relaymesh_proto::observe::prometheus()
 }
 
 fn state_name(state: NodeState) -> &'static str {

@@ -34,13 +34,7 @@ struct Args {
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    relaymesh_proto::observe::init_logging();
     let args = Args::parse();
     let overrides = Overrides {
         listen: args.listen,

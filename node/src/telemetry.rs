@@ -3,9 +3,8 @@
 //! test process share it.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Open WebSocket connections, by app.
 pub const CONNECTIONS: &str = "relaymesh_connections";
@@ -28,20 +27,9 @@ pub const WEBHOOKS: &str = "relaymesh_webhook_requests_total";
 /// Webhook events dropped because the queue was full, by app.
 pub const WEBHOOK_EVENTS_DROPPED: &str = "relaymesh_webhook_events_dropped_total";
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// Installs the global recorder once and returns the handle that renders it.
+/// The process-wide Prometheus recorder's handle.
 pub fn handle() -> PrometheusHandle {
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (an embedding program's); then ours
-            // only renders what it sees, which is nothing, rather than failing the node.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
+    relaymesh_proto::observe::prometheus()
 }
 
 /// Counts an error sent to a client, labelled by its code.
