@@ -331,73 +331,128 @@ mod tests {
 
     #[test]
     fn empty_config_serves_the_development_app() {
-        let config = Config::load(None, Overrides::default()).unwrap();
-        assert_eq!(config.listen.port(), 6001);
-        assert_eq!(config.apps.len(), 1);
-        assert_eq!(config.apps[0].key, "app-key");
+        // Env-reading tests share the process environment: take figment's lock.
+        figment::Jail::expect_with(|_| {
+            let config = Config::load(None, Overrides::default()).unwrap();
+            assert_eq!(config.listen.port(), 6001);
+            assert_eq!(config.apps.len(), 1);
+            assert_eq!(config.apps[0].key, "app-key");
+            Ok(())
+        });
     }
 
     #[test]
     fn file_and_flag_layers() {
-        let file = write(
-            "listen = \"127.0.0.1:7777\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nmax_connections = 5\n",
-        );
-        let config = Config::load(Some(&file.0), Overrides::default()).unwrap();
-        assert_eq!(config.listen.port(), 7777);
-        assert_eq!(config.apps[0].max_connections, Some(5));
-        assert_eq!(config.apps[0].max_presence_members, 100);
-        let flag = SocketAddr::from(([127, 0, 0, 1], 8888));
-        assert_eq!(
-            Config::load(
-                Some(&file.0),
-                Overrides {
-                    listen: Some(flag),
-                    ..Overrides::default()
-                }
-            )
-            .unwrap()
-            .listen,
-            flag
-        );
+        // Env-reading tests share the process environment: take figment's lock.
+        figment::Jail::expect_with(|_| {
+            let file = write(
+                "listen = \"127.0.0.1:7777\"\n[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\nmax_connections = 5\n",
+            );
+            let config = Config::load(Some(&file.0), Overrides::default()).unwrap();
+            assert_eq!(config.listen.port(), 7777);
+            assert_eq!(config.apps[0].max_connections, Some(5));
+            assert_eq!(config.apps[0].max_presence_members, 100);
+            let flag = SocketAddr::from(([127, 0, 0, 1], 8888));
+            assert_eq!(
+                Config::load(
+                    Some(&file.0),
+                    Overrides {
+                        listen: Some(flag),
+                        ..Overrides::default()
+                    }
+                )
+                .unwrap()
+                .listen,
+                flag
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_flags_override_both() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "node.toml",
+                "listen = \"127.0.0.1:7000\"\nactivity_timeout_secs = 60\n",
+            )?;
+            jail.set_env("RELAYMESH_ACTIVITY_TIMEOUT_SECS", "90");
+            jail.set_env("RELAYMESH_WEBHOOKS__BATCH_MS", "7");
+            jail.set_env(
+                "RELAYMESH_CONTROL_JOIN_TOKEN",
+                "belongs-to-the-control-plane",
+            );
+            let path = jail.directory().join("node.toml");
+            let config =
+                Config::load(Some(&path), Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.activity_timeout_secs, 90);
+            assert_eq!(config.webhooks.batch_ms, 7);
+            assert_eq!(config.listen.port(), 7000);
+            let flag = SocketAddr::from(([127, 0, 0, 1], 7100));
+            let overrides = Overrides {
+                listen: Some(flag),
+                region: Some("eu".into()),
+                ..Overrides::default()
+            };
+            let config = Config::load(Some(&path), overrides).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (config.listen, config.control_plane.region.as_str()),
+                (flag, "eu")
+            );
+            jail.set_env("RELAYMESH_LISTN", "127.0.0.1:1");
+            let err = Config::load(Some(&path), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]
     fn the_deploy_example_loads() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/relaymesh-node.toml");
-        let config = Config::load(Some(&path), Overrides::default()).unwrap();
-        assert_eq!(config.apps[0].key, "app-key");
-        assert_eq!(config.webhooks.vacate_delay_ms, 3000);
+        // Env-reading tests share the process environment: take figment's lock.
+        figment::Jail::expect_with(|_| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/relaymesh-node.toml");
+            let config = Config::load(Some(&path), Overrides::default()).unwrap();
+            assert_eq!(config.apps[0].key, "app-key");
+            assert_eq!(config.webhooks.vacate_delay_ms, 3000);
+            Ok(())
+        });
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_fatal() {
-        let file = write("listn = \"127.0.0.1:7777\"\n");
-        let err = Config::load(Some(&file.0), Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("listn"), "{err}");
-        let file = write("activity_timeout_secs = \"soon\"\n");
-        let err = Config::load(Some(&file.0), Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("activity_timeout_secs"), "{err}");
-        let file = write("[[apps]]\nid = \"1\"\nkey = \"k\"\n");
-        assert!(Config::load(Some(&file.0), Overrides::default()).is_err());
-        let file = write("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\n[[apps]]\nid=\"2\"\nkey=\"k\"\nsecret=\"t\"\n");
-        assert!(Config::load(Some(&file.0), Overrides::default())
-            .unwrap_err()
-            .to_string()
-            .contains("twice"));
-        assert!(Config::load(
-            Some(std::path::Path::new("/nonexistent.toml")),
-            Overrides::default()
-        )
-        .is_err());
-        let file = write("[control_plane]\nendpoint = \"http://127.0.0.1:7000\"\n[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\n");
-        assert!(Config::load(Some(&file.0), Overrides::default())
-            .unwrap_err()
-            .to_string()
-            .contains("control plane"));
+        // Env-reading tests share the process environment: take figment's lock.
+        figment::Jail::expect_with(|_| {
+            let file = write("listn = \"127.0.0.1:7777\"\n");
+            let err = Config::load(Some(&file.0), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listn"), "{err}");
+            let file = write("activity_timeout_secs = \"soon\"\n");
+            let err = Config::load(Some(&file.0), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("activity_timeout_secs"), "{err}");
+            let file = write("[[apps]]\nid = \"1\"\nkey = \"k\"\n");
+            assert!(Config::load(Some(&file.0), Overrides::default()).is_err());
+            let file = write("[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\n[[apps]]\nid=\"2\"\nkey=\"k\"\nsecret=\"t\"\n");
+            assert!(Config::load(Some(&file.0), Overrides::default())
+                .unwrap_err()
+                .to_string()
+                .contains("twice"));
+            assert!(Config::load(
+                Some(std::path::Path::new("/nonexistent.toml")),
+                Overrides::default()
+            )
+            .is_err());
+            let file = write("[control_plane]\nendpoint = \"http://127.0.0.1:7000\"\n[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\n");
+            assert!(Config::load(Some(&file.0), Overrides::default())
+                .unwrap_err()
+                .to_string()
+                .contains("control plane"));
+            Ok(())
+        });
     }
 }
