@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn balance_of_100_nodes() {
         let ring = ring_of(100);
-        let channels = 200_000;
+        let channels = 1_000_000;
         let mut load: HashMap<&str, usize> = HashMap::new();
         for i in 0..channels {
             *load
