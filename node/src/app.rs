@@ -238,6 +238,20 @@ impl App {
     }
 }
 
+/// Sends throttled subscription counts once their interval passed; ends with the app.
+fn spawn_count_flusher(app: std::sync::Weak<App>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { return };
+            if app.config().subscription_count {
+                app.hub.flush_subscription_counts(std::time::Instant::now());
+            }
+        }
+    });
+}
+
 /// What every app of a node shares: webhook settings, the HTTP client, the cache bound.
 pub struct NodeAppSettings {
     pub webhooks: WebhookConfig,
@@ -303,7 +317,11 @@ impl Apps {
                         app.config.set(config.clone());
                         app
                     }
-                    None => Arc::new(App::new(config.clone(), &self.settings)),
+                    None => {
+                        let app = Arc::new(App::new(config.clone(), &self.settings));
+                        spawn_count_flusher(Arc::downgrade(&app));
+                        app
+                    }
                 };
                 next.by_key.insert(config.key.clone(), app.clone());
                 next.by_id.insert(config.id.clone(), app);

@@ -156,6 +156,10 @@ pub struct AppConfig {
     pub authorization_timeout_secs: Option<u64>,
     /// Send `pusher_internal:watchlist_events` to signed-in users with a watchlist.
     pub watchlist_events: bool,
+    /// "Subscription counting": tell subscribers of non-presence channels the channel's
+    /// subscription count on every change (every 5 s at most above 100 subscribers), and
+    /// raise `subscription_count` webhooks.
+    pub subscription_count: bool,
 }
 
 impl Default for AppConfig {
@@ -175,6 +179,7 @@ impl Default for AppConfig {
             webhooks: Vec::new(),
             authorization_timeout_secs: None,
             watchlist_events: false,
+            subscription_count: false,
         }
     }
 }

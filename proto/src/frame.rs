@@ -342,6 +342,22 @@ pub fn subscription_error(channel: &str, error_type: &str, message: &str, status
     )
 }
 
+/// `pusher_internal:subscription_count` (§13.1).
+pub fn subscription_count(channel: &str, count: usize) -> String {
+    #[derive(Serialize)]
+    struct Data {
+        subscription_count: usize,
+    }
+    let data = to_json(&Data {
+        subscription_count: count,
+    });
+    envelope(
+        "pusher_internal:subscription_count",
+        Some(channel),
+        Some(data),
+    )
+}
+
 pub fn cache_miss(channel: &str) -> String {
     envelope::<()>("pusher:cache_miss", Some(channel), None)
 }

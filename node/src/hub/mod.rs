@@ -9,14 +9,14 @@
 mod presence;
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use relaymesh_proto::channel::ChannelKind;
+use relaymesh_proto::channel::{ChannelAuth, ChannelKind};
 use relaymesh_proto::frame::{self, PresenceMember};
 
 use crate::edge::outbox::{Conn, Pushed, SocketId};
@@ -25,6 +25,11 @@ use crate::webhooks::{WebhookEvent, Webhooks};
 pub use presence::Roster;
 
 const SHARDS: usize = 64;
+
+/// Above this many subscribers a channel's count is sent at most every [`COUNT_INTERVAL`]
+/// (protocol §13.1).
+const COUNT_THROTTLE_SUBSCRIBERS: usize = 100;
+const COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The last event published on a cache channel.
 #[derive(Clone)]
@@ -41,12 +46,37 @@ struct Channel {
     subscribers: HashMap<SocketId, Arc<Conn>>,
     /// Present on presence channels only.
     roster: Option<Roster>,
+    /// When the subscription count was last sent (subscription counting).
+    count_sent: Option<Instant>,
+}
+
+impl Channel {
+    /// Sends the subscription count to every subscriber.
+    fn send_count(&mut self, channel: &str, now: Instant, webhooks: &Webhooks) {
+        self.count_sent = Some(now);
+        let count = self.subscribers.len();
+        let frame = codec::text_frame(&frame::subscription_count(channel, count));
+        for conn in self.subscribers.values() {
+            conn.push(frame.clone());
+        }
+        webhooks.raise(WebhookEvent::SubscriptionCount {
+            channel: channel.into(),
+            subscription_count: count,
+        });
+    }
 }
 
 #[derive(Default)]
 struct Shard {
     channels: HashMap<Box<str>, Channel>,
     cache: HashMap<Box<str>, CachedEvent>,
+    /// Channels whose count changed while throttled; flushed by `flush_subscription_counts`.
+    count_pending: HashSet<Box<str>>,
+}
+
+/// Whether a channel's subscription count is sent when counting is on.
+fn counted(kind: ChannelKind) -> bool {
+    matches!(kind.auth, ChannelAuth::Public | ChannelAuth::Private)
 }
 
 /// Why a subscription was refused by the hub.
@@ -71,6 +101,24 @@ pub struct Hub {
     app_id: Arc<str>,
     cache_entries_per_shard: usize,
     subscriptions: AtomicI64,
+}
+
+/// After a subscription change: sends the count now, or marks it pending while throttled.
+fn count_changed(
+    state: &mut Channel,
+    pending: &mut HashSet<Box<str>>,
+    channel: &str,
+    webhooks: &Webhooks,
+) {
+    let now = Instant::now();
+    let throttled = state.subscribers.len() > COUNT_THROTTLE_SUBSCRIBERS
+        && state.count_sent.is_some_and(|t| now < t + COUNT_INTERVAL);
+    if throttled {
+        pending.insert(channel.into());
+    } else {
+        pending.remove(channel);
+        state.send_count(channel, now, webhooks);
+    }
 }
 
 impl Hub {
@@ -103,7 +151,8 @@ impl Hub {
 
     /// Adds `conn` to `channel`, sends it `subscription_succeeded` (with the roster on
     /// presence channels), tells the other members about a new user and replays the cache.
-    /// A presence channel holds at most `max_members` distinct users.
+    /// A presence channel holds at most `max_members` distinct users; with `count` the
+    /// subscribers learn the new subscription count.
     pub fn subscribe(
         &self,
         channel: &str,
@@ -111,6 +160,7 @@ impl Hub {
         conn: &Arc<Conn>,
         member: Option<PresenceMember>,
         max_members: usize,
+        count: bool,
     ) -> Result<(), SubscribeError> {
         let mut shard = self.shard(channel);
         let shard = &mut *shard;
@@ -152,6 +202,9 @@ impl Hub {
                 channel: channel.into(),
             });
         }
+        if count && counted(kind) {
+            count_changed(entry, &mut shard.count_pending, channel, &self.webhooks);
+        }
         if kind.cache {
             match shard.cache.get(channel) {
                 Some(cached) if cached.expires > Instant::now() => {
@@ -180,9 +233,11 @@ impl Hub {
         };
     }
 
-    /// Removes `socket` from `channel`; `user_id` is its presence identity there.
-    pub fn unsubscribe(&self, channel: &str, socket: SocketId, user_id: Option<&str>) {
+    /// Removes `socket` from `channel`; `user_id` is its presence identity there; with
+    /// `count` the remaining subscribers learn the new subscription count.
+    pub fn unsubscribe(&self, channel: &str, socket: SocketId, user_id: Option<&str>, count: bool) {
         let mut shard = self.shard(channel);
+        let shard = &mut *shard;
         let Entry::Occupied(mut entry) = shard.channels.entry(channel.into()) else {
             return;
         };
@@ -205,9 +260,37 @@ impl Hub {
         }
         if state.subscribers.is_empty() {
             entry.remove();
+            shard.count_pending.remove(channel);
             self.raise(WebhookEvent::ChannelVacated {
                 channel: channel.into(),
             });
+        } else if count && counted(ChannelKind::of(channel)) {
+            count_changed(state, &mut shard.count_pending, channel, &self.webhooks);
+        }
+    }
+
+    /// Sends the counts that changed while throttled, once their interval has passed.
+    pub fn flush_subscription_counts(&self, now: Instant) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            if shard.count_pending.is_empty() {
+                continue;
+            }
+            let shard = &mut *shard;
+            let channels = &mut shard.channels;
+            let webhooks = &self.webhooks;
+            shard
+                .count_pending
+                .retain(|name| match channels.get_mut(name) {
+                    Some(state) if state.count_sent.is_some_and(|t| now < t + COUNT_INTERVAL) => {
+                        true
+                    }
+                    Some(state) => {
+                        state.send_count(name, now, webhooks);
+                        false
+                    }
+                    None => false,
+                });
         }
     }
 

@@ -48,6 +48,10 @@ pub enum WebhookEvent {
     CacheMiss {
         channel: Box<str>,
     },
+    SubscriptionCount {
+        channel: Box<str>,
+        subscription_count: usize,
+    },
 }
 
 /// The handle the socket path raises events through.

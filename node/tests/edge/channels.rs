@@ -285,3 +285,65 @@ async fn authorized_connections_must_authorize_in_time() {
         assert_eq!(client.next().await.event, "pusher:pong");
     }
 }
+
+#[tokio::test]
+async fn subscription_counting_tells_subscribers_and_throttles_big_channels() {
+    let node = TestNode::start_with(|c| c.apps[0].subscription_count = true).await;
+    let mut a = node.connect().await;
+    a.subscribe("counted").await;
+    let count = a.next().await;
+    assert_eq!(
+        count.raw,
+        r#"{"event":"pusher_internal:subscription_count","channel":"counted","data":"{\"subscription_count\":1}"}"#
+    );
+    let mut b = node.connect().await;
+    b.subscribe("counted").await;
+    assert_eq!(b.next().await.data, json!({"subscription_count": 2}));
+    assert_eq!(a.next().await.data, json!({"subscription_count": 2}));
+    b.send(json!({"event":"pusher:unsubscribe","data":{"channel":"counted"}}))
+        .await;
+    assert_eq!(a.next().await.data, json!({"subscription_count": 1}));
+    // Presence channels carry member counts instead.
+    a.join("presence-counted", "1", json!({})).await;
+    a.assert_silent(Duration::from_millis(150)).await;
+
+    // Above 100 subscribers the count is sent at most every 5 s.
+    let mut others = Vec::new();
+    for _ in 0..101 {
+        let mut c = node.connect().await;
+        c.subscribe("counted").await;
+        others.push(c);
+    }
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&100) {
+        let frame = a.next().await;
+        seen.push(frame.data["subscription_count"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        (2..=100).collect::<Vec<u64>>(),
+        "sent at once up to 100 subscribers"
+    );
+    let mut late = node.connect().await;
+    late.subscribe("counted").await;
+    // Longer than `Client::next`'s own wait: the flush comes about 5 s after the last count.
+    let throttled = loop {
+        use futures_util::StreamExt;
+        let message = tokio::time::timeout(Duration::from_secs(8), a.ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            break decode(&text);
+        }
+    };
+    // 101, 102 and 103 fell inside one throttle window: one message with the latest count.
+    assert_eq!(throttled.data, json!({"subscription_count": 103}));
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "sent after {:?}, not throttled",
+        started.elapsed()
+    );
+}

@@ -214,11 +214,12 @@ impl Session {
             }
         };
         let user_id = member.as_ref().map(|m| m.user_id.clone().into_boxed_str());
-        let max_members = self.app.config().max_presence_members;
+        let config = self.app.config();
+        let (max_members, count) = (config.max_presence_members, config.subscription_count);
         match self
             .app
             .hub
-            .subscribe(name, kind, &self.conn, member, max_members)
+            .subscribe(name, kind, &self.conn, member, max_members, count)
         {
             Ok(()) => {
                 self.subscriptions.insert(name.into(), user_id);
@@ -284,9 +285,10 @@ impl Session {
 
     fn unsubscribe(&mut self, channel: &str) {
         if let Some(user_id) = self.subscriptions.remove(channel) {
+            let count = self.app.config().subscription_count;
             self.app
                 .hub
-                .unsubscribe(channel, self.conn.socket_id, user_id.as_deref());
+                .unsubscribe(channel, self.conn.socket_id, user_id.as_deref(), count);
         }
     }
 
@@ -433,10 +435,11 @@ impl Session {
 
     /// Leaves every channel and signs out; called once when the connection ends.
     pub fn end(&mut self) {
+        let count = self.app.config().subscription_count;
         for (channel, user_id) in self.subscriptions.drain() {
             self.app
                 .hub
-                .unsubscribe(&channel, self.conn.socket_id, user_id.as_deref());
+                .unsubscribe(&channel, self.conn.socket_id, user_id.as_deref(), count);
         }
         if let Some(user) = self.user.take() {
             self.app.unwatch(&user.watchlist, self.conn.socket_id);
