@@ -25,6 +25,9 @@ const VERSION_RESERVATION: u64 = 1_000;
 /// small; a full view of a large cluster is not, so the backlog is deep enough for a
 /// registration storm (every node of a 1,000-node cluster re-registering) to stay deltas.
 const WATCH_BACKLOG: usize = 16_384;
+/// Node records kept; the least recently registered are forgotten beyond it (nodes that
+/// restart with a fresh random id would otherwise grow the state file forever).
+const NODE_RECORDS_MAX: usize = 10_000;
 /// Messages buffered per stream towards one client.
 const STREAM_BUFFER: usize = 64;
 
@@ -273,6 +276,11 @@ impl Membership for Service {
                 let record = NodeRecord::new(&info, unix_ms());
                 state.snapshot.nodes.retain(|n| n.node_id != record.node_id);
                 state.snapshot.nodes.push(record);
+                if state.snapshot.nodes.len() > NODE_RECORDS_MAX {
+                    // Pushed in registration order: the front is the least recent.
+                    let excess = state.snapshot.nodes.len() - NODE_RECORDS_MAX;
+                    state.snapshot.nodes.drain(..excess);
+                }
                 tracing::info!(
                     node_id = info.node_id,
                     region = info.region,
