@@ -125,6 +125,29 @@ mod tests {
     }
 
     #[test]
+    fn adding_a_node_moves_only_channels_to_it() {
+        let before = ring_of(10);
+        let after = ring_of(11);
+        let mut moved = 0;
+        for i in 0..50_000 {
+            let channel = format!("c{i}");
+            let (b, a) = (
+                before.owner("app", &channel).unwrap(),
+                after.owner("app", &channel).unwrap(),
+            );
+            if b != a {
+                assert_eq!(a, "node-10", "a channel moved between two old nodes");
+                moved += 1;
+            }
+        }
+        let share = moved as f64 / 50_000.0;
+        assert!(
+            (0.06..0.12).contains(&share),
+            "moved {share:.3} of channels, expected ~1/11"
+        );
+    }
+
+    #[test]
     fn removing_a_node_moves_only_its_channels() {
         let before = ring_of(10);
         let ids: Vec<String> = (0..10)
