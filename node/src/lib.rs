@@ -10,6 +10,7 @@ pub mod config;
 pub mod edge;
 pub mod hub;
 pub mod membership;
+pub mod mesh;
 pub mod telemetry;
 pub mod webhooks;
 

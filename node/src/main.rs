@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use relaymesh_node::config::{Config, Overrides};
+use relaymesh_node::mesh::tls::ClusterCa;
 
 /// A relaymesh edge node: Pusher Channels protocol v7 and HTTP API.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file; RELAYMESH_* environment variables override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -30,12 +33,62 @@ struct Args {
     node_id: Option<String>,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// Mesh certificates: a cluster CA, and node certificates signed by it.
+    #[command(subcommand)]
+    Certs(Certs),
+}
+
+#[derive(Subcommand)]
+enum Certs {
+    /// Generate a cluster CA into DIR (ca.pem, ca.key).
+    Ca {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a node certificate from the CA in CA_DIR into DIR (ca.pem, node.pem, node.key).
+    Node {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        node_id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn certs(command: Certs) -> ExitCode {
+    let result = match command {
+        Certs::Ca { out } => ClusterCa::generate()
+            .and_then(|ca| ca.save(&out))
+            .map(|()| out),
+        Certs::Node { ca, node_id, out } => ClusterCa::load(&ca)
+            .and_then(|ca| ca.issue(&node_id))
+            .and_then(|identity| identity.save(&out))
+            .map(|()| out),
+    };
+    match result {
+        Ok(out) => {
+            println!("wrote {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relaymesh-node certs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Exit status for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     relaymesh_proto::observe::init_logging();
     let args = Args::parse();
+    if let Some(Command::Certs(command)) = args.command {
+        return certs(command);
+    }
     let overrides = Overrides {
         listen: args.listen,
         control_plane: args.control_plane,
