@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prost-build finds protoc through this variable.
     std::env::set_var("PROTOC", protoc);
     println!("cargo:rerun-if-changed=proto/control.proto");
-    tonic_prost_build::configure().compile_protos(&["proto/control.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto/mesh.proto");
+    tonic_prost_build::configure()
+        .bytes(".relaymesh.mesh.v1.Batch.frames")
+        .compile_protos(&["proto/control.proto", "proto/mesh.proto"], &["proto"])?;
     Ok(())
 }

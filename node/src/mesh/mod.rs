@@ -1,8 +1,13 @@
 //! The mesh between nodes (issue 5, in progress). Today: the cluster's mutual-TLS identity
-//! ([`tls`]) and links over QUIC that carry ordered, length-delimited frames with several
-//! frames coalesced per write and a bounded queue ([`quic`], [`frame`]). Routing (owners,
-//! interest, presence at the owner) will run over these links; nothing uses them yet.
+//! ([`tls`]) and [`link`]s — ordered frames each way, several coalesced per write, bounded
+//! queues — over QUIC ([`quic`], with [`frame`] on the stream), over a gRPC bidirectional
+//! stream ([`grpc`], for networks that block UDP) and in memory ([`memory`], for tests);
+//! one conformance suite runs against all three. Routing (owners, interest, presence at the
+//! owner) will run over these links; nothing uses them yet.
 
 pub mod frame;
+pub mod grpc;
+pub mod link;
+pub mod memory;
 pub mod quic;
 pub mod tls;

@@ -6,45 +6,13 @@
 //! does not keep up.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
-use thiserror::Error;
-use tokio::sync::mpsc;
 
-use super::frame::{self, FrameError, FRAME_BYTES_MAX};
-use super::tls::{NodeIdentity, TlsError, MESH_SERVER_NAME};
-
-/// Frames queued towards one peer before [`Link::try_send`] answers `Full`.
-pub const SEND_QUEUE_FRAMES: usize = 1024;
-/// Frames received and not yet taken by the node before the link stops reading.
-pub const RECEIVE_QUEUE_FRAMES: usize = 1024;
-
-#[derive(Debug, Error)]
-pub enum LinkError {
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("cannot bind the mesh endpoint: {0}")]
-    Bind(std::io::Error),
-    #[error("cannot dial: {0}")]
-    Connect(#[from] quinn::ConnectError),
-    #[error("connection failed: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("stream failed: {0}")]
-    Read(#[from] quinn::ReadExactError),
-    #[error("stream failed: {0}")]
-    Write(#[from] quinn::WriteError),
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    #[error("the peer sent no hello")]
-    NoHello,
-    #[error("the send queue is full: the peer is not keeping up")]
-    Full,
-    #[error("the link is closed")]
-    Closed,
-}
+use super::frame;
+use super::link::{self, Link, LinkError, LinkIo};
+use super::tls::{NodeIdentity, MESH_SERVER_NAME};
 
 /// A node's QUIC endpoint: accepts links from peers and dials them.
 pub struct MeshEndpoint {
@@ -58,8 +26,8 @@ impl MeshEndpoint {
         node_id: &str,
         identity: &NodeIdentity,
     ) -> Result<MeshEndpoint, LinkError> {
-        let mut endpoint =
-            quinn::Endpoint::server(identity.server_config()?, addr).map_err(LinkError::Bind)?;
+        let mut endpoint = quinn::Endpoint::server(identity.server_config()?, addr)
+            .map_err(LinkError::transport)?;
         endpoint.set_default_client_config(identity.client_config()?);
         Ok(MeshEndpoint {
             endpoint,
@@ -73,11 +41,15 @@ impl MeshEndpoint {
 
     /// Opens a link to the node at `addr`.
     pub async fn connect(&self, addr: SocketAddr) -> Result<Link, LinkError> {
-        let connection = self.endpoint.connect(addr, MESH_SERVER_NAME)?.await?;
-        let (mut send, mut recv) = connection.open_bi().await?;
+        let connecting = self
+            .endpoint
+            .connect(addr, MESH_SERVER_NAME)
+            .map_err(LinkError::transport)?;
+        let connection = connecting.await.map_err(LinkError::transport)?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(LinkError::transport)?;
         write_frames(&mut send, std::slice::from_ref(&self.node_id)).await?;
         let peer = read_frame(&mut recv).await?.ok_or(LinkError::NoHello)?;
-        Ok(Link::start(connection, send, recv, peer))
+        Ok(start(connection, send, recv, peer))
     }
 
     /// The next link a peer opens; `None` once the endpoint is closed.
@@ -85,11 +57,12 @@ impl MeshEndpoint {
         let incoming = self.endpoint.accept().await?;
         Some(
             async {
-                let connection = incoming.await?;
-                let (mut send, mut recv) = connection.accept_bi().await?;
+                let connection = incoming.await.map_err(LinkError::transport)?;
+                let (mut send, mut recv) =
+                    connection.accept_bi().await.map_err(LinkError::transport)?;
                 let peer = read_frame(&mut recv).await?.ok_or(LinkError::NoHello)?;
                 write_frames(&mut send, std::slice::from_ref(&self.node_id)).await?;
-                Ok(Link::start(connection, send, recv, peer))
+                Ok(start(connection, send, recv, peer))
             }
             .await,
         )
@@ -105,8 +78,7 @@ async fn write_frames(send: &mut SendStream, frames: &[Bytes]) -> Result<(), Lin
     for f in frames {
         frame::encode(f, &mut buf)?;
     }
-    send.write_all(&buf).await?;
-    Ok(())
+    send.write_all(&buf).await.map_err(LinkError::transport)
 }
 
 /// The next frame, or `None` when the peer finished the stream cleanly.
@@ -115,96 +87,59 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Bytes>, LinkError> {
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(LinkError::transport(e)),
     }
     let len = frame::length(header)?;
     let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload).await?;
+    recv.read_exact(&mut payload)
+        .await
+        .map_err(LinkError::transport)?;
     Ok(Some(payload.into()))
 }
 
-/// One link to a peer node.
-pub struct Link {
-    /// The peer's node id, from its hello.
-    pub peer: String,
-    queue: mpsc::Sender<Bytes>,
-    /// Frames from the peer, in order.
-    pub inbound: mpsc::Receiver<Bytes>,
+/// Starts the writer (packs queued frames per write) and reader tasks of a link.
+fn start(
     connection: quinn::Connection,
-    /// Write calls made, to see coalescing.
-    writes: Arc<AtomicU64>,
-}
-
-impl Link {
-    fn start(
-        connection: quinn::Connection,
-        mut send: SendStream,
-        mut recv: RecvStream,
-        peer: Bytes,
-    ) -> Link {
-        let (queue, mut outgoing) = mpsc::channel::<Bytes>(SEND_QUEUE_FRAMES);
-        let (incoming, inbound) = mpsc::channel(RECEIVE_QUEUE_FRAMES);
-        let writes = Arc::new(AtomicU64::new(0));
-        let counted = writes.clone();
-        tokio::spawn(async move {
-            let mut buf = BytesMut::new();
-            while let Some(first) = outgoing.recv().await {
-                if frame::pack(first, &mut || outgoing.try_recv().ok(), &mut buf).is_err() {
-                    break;
-                }
-                if send.write_all(&buf).await.is_err() {
-                    break;
-                }
-                counted.fetch_add(1, Ordering::Relaxed);
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: Bytes,
+) -> Link {
+    let (link, io) = link::new(String::from_utf8_lossy(&peer).into_owned());
+    let LinkIo {
+        mut outgoing,
+        incoming,
+        writes,
+    } = io;
+    let writer_connection = connection.clone();
+    tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        while let Some(first) = outgoing.recv().await {
+            if frame::pack(first, &mut || outgoing.try_recv().ok(), &mut buf).is_err() {
+                break;
             }
-            let _ = send.finish();
-        });
-        tokio::spawn(async move {
-            while let Ok(Some(frame)) = read_frame(&mut recv).await {
-                if incoming.send(frame).await.is_err() {
-                    return;
-                }
+            if send.write_all(&buf).await.is_err() {
+                break;
             }
-        });
-        Link {
-            peer: String::from_utf8_lossy(&peer).into_owned(),
-            queue,
-            inbound,
-            connection,
-            writes,
+            writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-    }
-
-    /// Queues a frame without waiting; `Full` is backpressure for the caller to act on.
-    pub fn try_send(&self, frame: Bytes) -> Result<(), LinkError> {
-        if frame.len() > FRAME_BYTES_MAX {
-            return Err(FrameError::TooLarge(frame.len()).into());
+        // The node dropped its side: say so to the peer.
+        let _ = send.finish();
+        writer_connection.close(0u32.into(), b"link closed");
+    });
+    tokio::spawn(async move {
+        while let Ok(Some(frame)) = read_frame(&mut recv).await {
+            if incoming.send(frame).await.is_err() {
+                break;
+            }
         }
-        self.queue.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => LinkError::Full,
-            mpsc::error::TrySendError::Closed(_) => LinkError::Closed,
-        })
-    }
-
-    /// Queues a frame, waiting while the queue is full.
-    pub async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
-        if frame.len() > FRAME_BYTES_MAX {
-            return Err(FrameError::TooLarge(frame.len()).into());
-        }
-        self.queue.send(frame).await.map_err(|_| LinkError::Closed)
-    }
-
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-
-    pub fn remote_addr(&self) -> SocketAddr {
-        self.connection.remote_address()
-    }
+        connection.close(0u32.into(), b"link closed");
+    });
+    link
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::link::conformance;
     use super::super::tls::ClusterCa;
     use super::*;
 
@@ -222,33 +157,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn frames_arrive_in_order_and_writes_coalesce() {
+    async fn conforms() {
         let ca = ClusterCa::generate().unwrap();
-        let (_a, _b, ab, mut ba) = pair(&ca).await;
-        assert_eq!((ab.peer.as_str(), ba.peer.as_str()), ("node-b", "node-a"));
-        let frames = 10_000u32;
-        let sender = tokio::spawn(async move {
-            for i in 0..frames {
-                ab.send(Bytes::from(i.to_be_bytes().to_vec()))
-                    .await
-                    .unwrap();
-            }
-            ab
-        });
-        for i in 0..frames {
-            let frame = ba.inbound.recv().await.unwrap();
-            assert_eq!(frame.as_ref(), i.to_be_bytes());
-        }
-        let ab = sender.await.unwrap();
-        assert!(
-            ab.writes() < frames as u64 / 2,
-            "{} writes for {frames} frames",
-            ab.writes()
-        );
-        // And the other way.
-        ba.try_send(Bytes::from_static(b"back")).unwrap();
-        let mut ab = ab;
-        assert_eq!(ab.inbound.recv().await.unwrap().as_ref(), b"back");
+        conformance::all(|| async {
+            let (a, b, ab, ba) = pair(&ca).await;
+            ((a, b), ab, ba)
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -277,28 +192,5 @@ mod tests {
             "a member must not trust a stranger"
         );
         dialing.abort();
-    }
-
-    #[tokio::test]
-    async fn the_send_queue_is_bounded() {
-        let ca = ClusterCa::generate().unwrap();
-        let (_a, _b, ab, _ba_never_read) = pair(&ca).await;
-        assert!(matches!(
-            ab.try_send(Bytes::from(vec![0u8; FRAME_BYTES_MAX + 1])),
-            Err(LinkError::Frame(FrameError::TooLarge(_)))
-        ));
-        let frame = Bytes::from(vec![7u8; 1024]);
-        let mut queued = 0usize;
-        let full = loop {
-            match ab.try_send(frame.clone()) {
-                Ok(()) => queued += 1,
-                Err(e) => break e,
-            }
-            assert!(queued < 1_000_000, "the queue never filled");
-            if queued % 256 == 0 {
-                tokio::task::yield_now().await;
-            }
-        };
-        assert!(matches!(full, LinkError::Full), "{full}");
     }
 }

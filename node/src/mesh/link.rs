@@ -1,0 +1,200 @@
+//! A link to one peer node, whatever carries it: an ordered, reliable sequence of frames
+//! each way. Every transport (QUIC, gRPC, in memory) hands the node the same [`Link`] and
+//! drives a [`LinkIo`] from its own tasks, and one conformance suite checks them all.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use super::frame::{FrameError, FRAME_BYTES_MAX};
+use super::tls::TlsError;
+
+/// Frames queued towards one peer before [`Link::try_send`] answers `Full`.
+pub const SEND_QUEUE_FRAMES: usize = 1024;
+/// Frames received and not yet taken by the node before the link stops reading.
+pub const RECEIVE_QUEUE_FRAMES: usize = 1024;
+
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Transport(String),
+    #[error("the peer sent no hello")]
+    NoHello,
+    #[error("the send queue is full: the peer is not keeping up")]
+    Full,
+    #[error("the link is closed")]
+    Closed,
+}
+
+impl LinkError {
+    pub fn transport(e: impl std::fmt::Display) -> LinkError {
+        LinkError::Transport(e.to_string())
+    }
+}
+
+/// The node's side of a link.
+pub struct Link {
+    /// The peer's node id, from its hello.
+    pub peer: String,
+    queue: mpsc::Sender<Bytes>,
+    /// Frames from the peer, in order; ends when the link closes.
+    pub inbound: mpsc::Receiver<Bytes>,
+    /// Write calls the transport made, to see coalescing.
+    writes: Arc<AtomicU64>,
+}
+
+/// The transport's side of a link.
+pub struct LinkIo {
+    /// Frames to write, in order.
+    pub outgoing: mpsc::Receiver<Bytes>,
+    /// Where frames read from the peer go.
+    pub incoming: mpsc::Sender<Bytes>,
+    pub writes: Arc<AtomicU64>,
+}
+
+impl LinkIo {
+    pub fn count_write(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A new link to `peer` and the transport's side of it.
+pub fn new(peer: String) -> (Link, LinkIo) {
+    let (queue, outgoing) = mpsc::channel(SEND_QUEUE_FRAMES);
+    let (incoming, inbound) = mpsc::channel(RECEIVE_QUEUE_FRAMES);
+    let writes = Arc::new(AtomicU64::new(0));
+    (
+        Link {
+            peer,
+            queue,
+            inbound,
+            writes: writes.clone(),
+        },
+        LinkIo {
+            outgoing,
+            incoming,
+            writes,
+        },
+    )
+}
+
+impl Link {
+    /// Queues a frame without waiting; `Full` is backpressure for the caller to act on.
+    pub fn try_send(&self, frame: Bytes) -> Result<(), LinkError> {
+        if frame.len() > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge(frame.len()).into());
+        }
+        self.queue.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LinkError::Full,
+            mpsc::error::TrySendError::Closed(_) => LinkError::Closed,
+        })
+    }
+
+    /// Queues a frame, waiting while the queue is full.
+    pub async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
+        if frame.len() > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge(frame.len()).into());
+        }
+        self.queue.send(frame).await.map_err(|_| LinkError::Closed)
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+/// The behaviour every transport must show, run by each transport's tests.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    /// Runs every check on fresh pairs from `pair`, which returns the two ends (a to b, b to
+    /// a) and whatever must stay alive while they are used (endpoints).
+    pub async fn all<K, F: std::future::Future<Output = (K, Link, Link)>>(
+        mut pair: impl FnMut() -> F,
+    ) {
+        let (_keep, ab, ba) = pair().await;
+        ordered_and_coalesced(ab, ba).await;
+        let (_keep, ab, ba) = pair().await;
+        bounded(ab, ba).await;
+        let (_keep, ab, ba) = pair().await;
+        closing(ab, ba).await;
+    }
+
+    /// 10,000 frames arrive in order, in far fewer writes; the other direction works too.
+    pub async fn ordered_and_coalesced(ab: Link, mut ba: Link) {
+        assert_eq!((ab.peer.as_str(), ba.peer.as_str()), ("node-b", "node-a"));
+        let frames = 10_000u32;
+        let sender = tokio::spawn(async move {
+            for i in 0..frames {
+                ab.send(Bytes::from(i.to_be_bytes().to_vec()))
+                    .await
+                    .unwrap();
+            }
+            ab
+        });
+        for i in 0..frames {
+            let frame = ba.inbound.recv().await.unwrap();
+            assert_eq!(frame.as_ref(), i.to_be_bytes());
+        }
+        let mut ab = sender.await.unwrap();
+        assert!(
+            ab.writes() < frames as u64 / 2,
+            "{} writes for {frames} frames",
+            ab.writes()
+        );
+        ba.try_send(Bytes::from_static(b"back")).unwrap();
+        assert_eq!(ab.inbound.recv().await.unwrap().as_ref(), b"back");
+    }
+
+    /// Oversized frames are refused; a peer that reads nothing fills the queue (`Full`).
+    pub async fn bounded(ab: Link, _never_read: Link) {
+        assert!(matches!(
+            ab.try_send(Bytes::from(vec![0u8; FRAME_BYTES_MAX + 1])),
+            Err(LinkError::Frame(FrameError::TooLarge(_)))
+        ));
+        let frame = Bytes::from(vec![7u8; 1024]);
+        let mut queued = 0usize;
+        let full = loop {
+            match ab.try_send(frame.clone()) {
+                Ok(()) => queued += 1,
+                Err(e) => break e,
+            }
+            assert!(queued < 1_000_000, "the queue never filled");
+            if queued % 256 == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        assert!(matches!(full, LinkError::Full), "{full}");
+    }
+
+    /// When one side goes, the other's inbound ends and sending reports `Closed`.
+    pub async fn closing(ab: Link, mut ba: Link) {
+        drop(ab);
+        let deadline = std::time::Duration::from_secs(5);
+        let end = tokio::time::timeout(deadline, ba.inbound.recv())
+            .await
+            .unwrap();
+        assert!(end.is_none());
+        let closed = tokio::time::timeout(deadline, async {
+            loop {
+                match ba.try_send(Bytes::from_static(b"x")) {
+                    Err(LinkError::Closed) => return,
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "sending on a link whose peer left never reported Closed"
+        );
+    }
+}
