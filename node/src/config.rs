@@ -34,6 +34,8 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// Joining a cluster: without an endpoint the node runs standalone.
     pub control_plane: ControlPlaneConfig,
+    /// Links to the other nodes of the cluster.
+    pub mesh: MeshConfig,
     /// The apps this node serves. Empty means the development app, unless the apps come
     /// from a control plane.
     pub apps: Vec<AppConfig>,
@@ -53,6 +55,7 @@ impl Default for Config {
             cache_entries_max: 100_000,
             webhooks: WebhookConfig::default(),
             control_plane: ControlPlaneConfig::default(),
+            mesh: MeshConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -82,6 +85,43 @@ impl Default for ControlPlaneConfig {
             node_id: None,
             join_token: "dev-join-token".into(),
             capacity: 100_000,
+        }
+    }
+}
+
+/// Which transport carries mesh links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshTransport {
+    Quic,
+    Grpc,
+}
+
+/// Mesh links. Off unless `listen` is set (and a control plane says who the peers are).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// Address of the mesh endpoint (UDP for QUIC, TCP for gRPC).
+    pub listen: Option<SocketAddr>,
+    /// Address peers dial, reported to the control plane; the bound address when absent.
+    pub advertise: Option<String>,
+    pub transport: MeshTransport,
+    /// Production: a folder with `ca.pem`, `node.pem`, `node.key`
+    /// (`relaymesh-node certs node`).
+    pub certs_dir: Option<std::path::PathBuf>,
+    /// Development: a folder with the cluster CA (`ca.pem`, `ca.key`, from
+    /// `relaymesh-node certs ca`); the node issues its own certificate at start.
+    pub dev_ca_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            listen: None,
+            advertise: None,
+            transport: MeshTransport::Quic,
+            certs_dir: None,
+            dev_ca_dir: None,
         }
     }
 }
@@ -301,6 +341,21 @@ impl Config {
                 "activity_timeout_secs must be at least 1 (pusher-js refuses 0)".into(),
             );
         }
+        if self.mesh.listen.is_some() {
+            if self.control_plane.endpoint.is_none() {
+                return invalid(
+                    "mesh.listen needs control_plane.endpoint: peers come from the control plane"
+                        .into(),
+                );
+            }
+            if self.mesh.certs_dir.is_none() == self.mesh.dev_ca_dir.is_none() {
+                return invalid(
+                    "mesh needs exactly one of mesh.certs_dir (ca.pem, node.pem, node.key) or mesh.dev_ca_dir \
+                     (ca.pem, ca.key); `relaymesh-node certs ca --out DIR` makes a development CA"
+                        .into(),
+                );
+            }
+        }
         if self.outbox_frames_max == 0 || self.outbox_bytes_max == 0 {
             return invalid("outbox_frames_max and outbox_bytes_max must be at least 1".into());
         }
@@ -459,6 +514,16 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("control plane"));
+            let file = write("[mesh]\nlisten = \"127.0.0.1:0\"\n");
+            let err = Config::load(Some(&file.0), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("control_plane.endpoint"), "{err}");
+            let file = write("[control_plane]\nendpoint = \"http://127.0.0.1:7000\"\n[mesh]\nlisten = \"127.0.0.1:0\"\n");
+            let err = Config::load(Some(&file.0), Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("certs ca"), "{err}");
             Ok(())
         });
     }

@@ -44,6 +44,8 @@ pub struct Shared {
     pub view: watch::Sender<Arc<ClusterView>>,
     /// Message counters for the load reported to the control plane.
     pub stats: Arc<NodeStats>,
+    /// Mesh links to the other nodes (empty without `[mesh]`).
+    pub peers: mesh::peers::Peers,
     /// First half of every socket id of this node: random, so ids differ across nodes.
     socket_node: u64,
     next_socket: AtomicU64,
@@ -75,6 +77,7 @@ pub struct NodeHandle {
     stop: watch::Sender<bool>,
     accept: Option<JoinHandle<()>>,
     membership: Option<JoinHandle<()>>,
+    mesh: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -96,6 +99,9 @@ impl NodeHandle {
         }
         if let Some(membership) = self.membership.take() {
             let _ = membership.await;
+        }
+        if let Some(mesh) = self.mesh.take() {
+            let _ = mesh.await;
         }
         for app in self.shared.apps.all() {
             app.close_all(
@@ -126,6 +132,9 @@ impl Drop for NodeHandle {
         if let Some(membership) = self.membership.take() {
             membership.abort();
         }
+        if let Some(mesh) = self.mesh.take() {
+            mesh.abort();
+        }
     }
 }
 
@@ -149,12 +158,33 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         node_id,
         view: watch::Sender::new(Arc::new(ClusterView::default())),
         stats,
+        peers: mesh::peers::Peers::default(),
         socket_node: rand::random::<u32>() as u64,
         next_socket: AtomicU64::new(1),
         draining: AtomicBool::new(false),
     });
     let (stop, stopped) = watch::channel(false);
-    let membership = membership::spawn(shared.clone(), local_addr, stopped.clone());
+    let mut mesh_addr = None;
+    let mut mesh_task = None;
+    if let Some(listen) = shared.config.mesh.listen {
+        let endpoint = mesh::endpoint::Endpoint::bind(&shared.config.mesh, listen, &shared.node_id)
+            .map_err(std::io::Error::other)?;
+        let bound = endpoint.local_addr().map_err(std::io::Error::other)?;
+        mesh_addr = Some(
+            shared
+                .config
+                .mesh
+                .advertise
+                .clone()
+                .unwrap_or_else(|| bound.to_string()),
+        );
+        mesh_task = Some(mesh::peers::spawn(
+            shared.clone(),
+            Arc::new(endpoint),
+            stopped.clone(),
+        ));
+    }
+    let membership = membership::spawn(shared.clone(), local_addr, mesh_addr, stopped.clone());
     let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
     Ok(NodeHandle {
         local_addr,
@@ -162,6 +192,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         stop,
         accept: Some(accept),
         membership,
+        mesh: mesh_task,
     })
 }
 

@@ -24,6 +24,13 @@ pub const ERRORS: &str = "relaymesh_errors_total";
 pub const HTTP_REQUESTS: &str = "relaymesh_http_requests_total";
 /// Webhook requests, by result (delivered, failed attempt, dropped).
 pub const WEBHOOKS: &str = "relaymesh_webhook_requests_total";
+/// Whether the mesh link to a peer is up (1) or down (0), by peer node id.
+pub const MESH_LINK_UP: &str = "relaymesh_mesh_link_up";
+/// Frames and bytes received over mesh links, by peer.
+pub const MESH_FRAMES_IN: &str = "relaymesh_mesh_frames_in_total";
+pub const MESH_BYTES_IN: &str = "relaymesh_mesh_bytes_in_total";
+/// Mesh dial attempts, by result.
+pub const MESH_DIALS: &str = "relaymesh_mesh_dials_total";
 /// Webhook events dropped because the queue was full, by app.
 pub const WEBHOOK_EVENTS_DROPPED: &str = "relaymesh_webhook_events_dropped_total";
 

@@ -9,6 +9,7 @@ mod auth;
 mod cli_apps;
 mod convergence;
 mod lease;
+mod mesh;
 mod ops;
 mod restart;
 mod watch;

@@ -508,12 +508,25 @@ impl Node {
         region: &str,
         join_token: &str,
     ) -> Node {
+        Node::start_configured(cp_endpoint, node_id, region, join_token, |_| {}).await
+    }
+
+    /// A node with its config adjusted by `configure` before it starts.
+    pub async fn start_configured(
+        cp_endpoint: &str,
+        node_id: &str,
+        region: &str,
+        join_token: &str,
+        configure: impl FnOnce(&mut relaymesh_node::config::Config),
+    ) -> Node {
         let mut config = relaymesh_node::config::Config::for_test();
         config.apps = vec![];
         config.control_plane.endpoint = Some(cp_endpoint.to_owned());
         config.control_plane.node_id = Some(node_id.to_owned());
         config.control_plane.region = region.to_owned();
         config.control_plane.join_token = join_token.to_owned();
+        configure(&mut config);
+        config.validate().expect("test node config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let handle = relaymesh_node::start(config, listener).expect("node starts");
         Node {

@@ -44,16 +44,24 @@ enum FollowError {
 pub fn spawn(
     shared: Arc<Shared>,
     client_addr: SocketAddr,
+    mesh_addr: Option<String>,
     stop: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
     let endpoint = shared.config.control_plane.endpoint.clone()?;
-    Some(tokio::spawn(run(shared, endpoint, client_addr, stop)))
+    Some(tokio::spawn(run(
+        shared,
+        endpoint,
+        client_addr,
+        mesh_addr.unwrap_or_default(),
+        stop,
+    )))
 }
 
 async fn run(
     shared: Arc<Shared>,
     endpoint: String,
     client_addr: SocketAddr,
+    mesh_addr: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let cp = &shared.config.control_plane;
@@ -61,7 +69,7 @@ async fn run(
         node_id: shared.node_id.clone(),
         region: cp.region.clone(),
         client_addr: client_addr.to_string(),
-        mesh_addr: String::new(),
+        mesh_addr,
         version: env!("CARGO_PKG_VERSION").into(),
         capacity: cp.capacity,
     };

@@ -75,13 +75,15 @@ impl MeshLink for Service {
 }
 
 impl GrpcMeshEndpoint {
-    pub async fn bind(
+    /// Binds `addr` and serves links; must be called inside a tokio runtime.
+    pub fn bind(
         addr: SocketAddr,
         node_id: &str,
         identity: &NodeIdentity,
     ) -> Result<GrpcMeshEndpoint, LinkError> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
             .map_err(LinkError::transport)?;
         let local_addr = listener.local_addr().map_err(LinkError::transport)?;
         let node_id = Bytes::copy_from_slice(node_id.as_bytes());
@@ -228,9 +230,7 @@ mod tests {
 
     async fn endpoint(ca: &ClusterCa, id: &str) -> GrpcMeshEndpoint {
         let identity = ca.issue(id).unwrap();
-        GrpcMeshEndpoint::bind("127.0.0.1:0".parse().unwrap(), id, &identity)
-            .await
-            .unwrap()
+        GrpcMeshEndpoint::bind("127.0.0.1:0".parse().unwrap(), id, &identity).unwrap()
     }
 
     async fn pair(ca: &ClusterCa) -> (GrpcMeshEndpoint, GrpcMeshEndpoint, Link, Link) {

@@ -85,7 +85,48 @@ pub fn new(peer: String) -> (Link, LinkIo) {
     )
 }
 
+/// The sending half of a link, shared by whoever routes to the peer.
+#[derive(Clone)]
+pub struct LinkSender {
+    pub peer: String,
+    queue: mpsc::Sender<Bytes>,
+}
+
+impl LinkSender {
+    /// Queues a frame without waiting; `Full` is backpressure for the caller to act on.
+    pub fn try_send(&self, frame: Bytes) -> Result<(), LinkError> {
+        if frame.len() > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge(frame.len()).into());
+        }
+        self.queue.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LinkError::Full,
+            mpsc::error::TrySendError::Closed(_) => LinkError::Closed,
+        })
+    }
+
+    /// Whether the transport under the link has ended.
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+
+    /// Whether both are halves of the same link.
+    pub fn same_link(&self, other: &LinkSender) -> bool {
+        self.queue.same_channel(&other.queue)
+    }
+}
+
 impl Link {
+    /// Splits the link into its sending half and the frames from the peer.
+    pub fn split(self) -> (LinkSender, mpsc::Receiver<Bytes>) {
+        (
+            LinkSender {
+                peer: self.peer,
+                queue: self.queue,
+            },
+            self.inbound,
+        )
+    }
+
     /// Queues a frame without waiting; `Full` is backpressure for the caller to act on.
     pub fn try_send(&self, frame: Bytes) -> Result<(), LinkError> {
         if frame.len() > FRAME_BYTES_MAX {

@@ -113,7 +113,15 @@ fn start(
     let writer_connection = connection.clone();
     tokio::spawn(async move {
         let mut buf = BytesMut::new();
-        while let Some(first) = outgoing.recv().await {
+        loop {
+            let first = tokio::select! {
+                first = outgoing.recv() => match first {
+                    Some(first) => first,
+                    None => break,
+                },
+                // The peer or the network ended the connection: the node's sends fail at once.
+                _ = writer_connection.closed() => break,
+            };
             if frame::pack(first, &mut || outgoing.try_recv().ok(), &mut buf).is_err() {
                 break;
             }
