@@ -70,6 +70,26 @@ impl Ring {
         Some(&self.nodes[node as usize])
     }
 
+    /// Each node's share of the key space (in [`Ring::nodes`] order): the exact fraction of
+    /// channels it owns as their number grows. A key belongs to the first point at or after
+    /// it, so each point owns the arc from the previous point (exclusive) to itself.
+    pub fn shares(&self) -> Vec<f64> {
+        let mut shares = vec![0.0; self.nodes.len()];
+        let Some(&(last, _)) = self.points.last() else {
+            return shares;
+        };
+        let mut previous = last;
+        for &(point, node) in &self.points {
+            let arc = point.wrapping_sub(previous);
+            shares[node as usize] += arc as f64 / 2f64.powi(64);
+            previous = point;
+        }
+        if self.nodes.len() == 1 {
+            shares[0] = 1.0;
+        }
+        shares
+    }
+
     pub fn owner(&self, app_id: &str, channel: &str) -> Option<&str> {
         self.owner_of_key(channel_key(app_id, channel))
     }
@@ -122,6 +142,22 @@ mod tests {
             "busiest node holds {:.3}× the mean",
             max / mean
         );
+    }
+
+    #[test]
+    fn shares_cover_the_key_space() {
+        let ring = ring_of(100);
+        let shares = ring.shares();
+        let total: f64 = shares.iter().sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        let max = shares.iter().cloned().fold(0.0, f64::max);
+        // The exact imbalance; the 1M-channel count above adds sampling noise to it.
+        assert!(
+            max * 100.0 <= 1.15,
+            "busiest share {:.4}× the mean",
+            max * 100.0
+        );
+        assert_eq!(Ring::new(["solo"]).shares(), vec![1.0]);
     }
 
     #[test]

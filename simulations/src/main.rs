@@ -2,6 +2,7 @@
 
 mod control_plane;
 mod procstat;
+mod ring;
 
 use clap::{Parser, Subcommand};
 
@@ -17,11 +18,14 @@ enum Command {
     /// Simulated nodes against a running control plane: registration, watch fan-out cost,
     /// time from a node's death to every watcher seeing it gone.
     ControlPlane(control_plane::Args),
+    /// Balance and movement of the ownership ring at sizes far past one machine.
+    Ring(ring::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::ControlPlane(args) => control_plane::run(args).await,
+        Command::Ring(args) => ring::run(args),
     }
 }
