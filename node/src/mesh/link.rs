@@ -41,9 +41,7 @@ impl LinkError {
 
 /// The node's side of a link.
 pub struct Link {
-    /// The peer's node id, from its hello.
-    pub peer: String,
-    queue: mpsc::Sender<Bytes>,
+    sender: LinkSender,
     /// Frames from the peer, in order; ends when the link closes.
     pub inbound: mpsc::Receiver<Bytes>,
     /// Write calls the transport made, to see coalescing.
@@ -56,13 +54,8 @@ pub struct LinkIo {
     pub outgoing: mpsc::Receiver<Bytes>,
     /// Where frames read from the peer go.
     pub incoming: mpsc::Sender<Bytes>,
+    /// Counted by the transport once per write call.
     pub writes: Arc<AtomicU64>,
-}
-
-impl LinkIo {
-    pub fn count_write(&self) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// A new link to `peer` and the transport's side of it.
@@ -72,8 +65,7 @@ pub fn new(peer: String) -> (Link, LinkIo) {
     let writes = Arc::new(AtomicU64::new(0));
     (
         Link {
-            peer,
-            queue,
+            sender: LinkSender { peer, queue },
             inbound,
             writes: writes.clone(),
         },
@@ -88,45 +80,12 @@ pub fn new(peer: String) -> (Link, LinkIo) {
 /// The sending half of a link, shared by whoever routes to the peer.
 #[derive(Clone)]
 pub struct LinkSender {
+    /// The peer's node id, from its hello.
     pub peer: String,
     queue: mpsc::Sender<Bytes>,
 }
 
 impl LinkSender {
-    /// Queues a frame without waiting; `Full` is backpressure for the caller to act on.
-    pub fn try_send(&self, frame: Bytes) -> Result<(), LinkError> {
-        if frame.len() > FRAME_BYTES_MAX {
-            return Err(FrameError::TooLarge(frame.len()).into());
-        }
-        self.queue.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => LinkError::Full,
-            mpsc::error::TrySendError::Closed(_) => LinkError::Closed,
-        })
-    }
-
-    /// Whether the transport under the link has ended.
-    pub fn is_closed(&self) -> bool {
-        self.queue.is_closed()
-    }
-
-    /// Whether both are halves of the same link.
-    pub fn same_link(&self, other: &LinkSender) -> bool {
-        self.queue.same_channel(&other.queue)
-    }
-}
-
-impl Link {
-    /// Splits the link into its sending half and the frames from the peer.
-    pub fn split(self) -> (LinkSender, mpsc::Receiver<Bytes>) {
-        (
-            LinkSender {
-                peer: self.peer,
-                queue: self.queue,
-            },
-            self.inbound,
-        )
-    }
-
     /// Queues a frame without waiting; `Full` is backpressure for the caller to act on.
     pub fn try_send(&self, frame: Bytes) -> Result<(), LinkError> {
         if frame.len() > FRAME_BYTES_MAX {
@@ -144,6 +103,38 @@ impl Link {
             return Err(FrameError::TooLarge(frame.len()).into());
         }
         self.queue.send(frame).await.map_err(|_| LinkError::Closed)
+    }
+
+    /// Whether the transport under the link has ended.
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+
+    /// Whether both are halves of the same link.
+    pub fn same_link(&self, other: &LinkSender) -> bool {
+        self.queue.same_channel(&other.queue)
+    }
+}
+
+impl Link {
+    /// The peer's node id, from its hello.
+    pub fn peer(&self) -> &str {
+        &self.sender.peer
+    }
+
+    /// Splits the link into its sending half and the frames from the peer.
+    pub fn split(self) -> (LinkSender, mpsc::Receiver<Bytes>) {
+        (self.sender, self.inbound)
+    }
+
+    /// See [`LinkSender::try_send`].
+    pub fn try_send(&self, frame: Bytes) -> Result<(), LinkError> {
+        self.sender.try_send(frame)
+    }
+
+    /// See [`LinkSender::send`].
+    pub async fn send(&self, frame: Bytes) -> Result<(), LinkError> {
+        self.sender.send(frame).await
     }
 
     pub fn writes(&self) -> u64 {
@@ -171,7 +162,7 @@ pub(crate) mod conformance {
 
     /// 10,000 frames arrive in order, in far fewer writes; the other direction works too.
     pub async fn ordered_and_coalesced(ab: Link, mut ba: Link) {
-        assert_eq!((ab.peer.as_str(), ba.peer.as_str()), ("node-b", "node-a"));
+        assert_eq!((ab.peer(), ba.peer()), ("node-b", "node-a"));
         let frames = 10_000u32;
         let sender = tokio::spawn(async move {
             for i in 0..frames {

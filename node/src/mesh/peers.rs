@@ -82,7 +82,7 @@ async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, mut stop: watch::Rece
                 None => return,
             },
             Some(link) = dialed.recv() => {
-                dialing.remove(&link.peer);
+                dialing.remove(link.peer());
                 adopt(&shared, link);
             }
             _ = views.changed() => reconcile(&shared, &endpoint, &dialed_tx, &mut dialing),
@@ -195,13 +195,13 @@ async fn dial(
             }
         };
         match endpoint.connect(addr).await {
-            Ok(link) if link.peer == peer => {
+            Ok(link) if link.peer() == peer => {
                 metrics::counter!(telemetry::MESH_DIALS, "result" => "ok").increment(1);
                 let _ = dialed.send(link).await;
                 return;
             }
             Ok(link) => {
-                tracing::warn!(expected = peer, answered = link.peer, %addr, "a different node answered");
+                tracing::warn!(expected = peer, answered = link.peer(), %addr, "a different node answered");
                 metrics::counter!(telemetry::MESH_DIALS, "result" => "wrong_peer").increment(1);
             }
             Err(e) => {
