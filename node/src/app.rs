@@ -87,13 +87,13 @@ impl App {
 
     /// Counts one frame received from a client.
     pub fn count_received(&self) {
-        metrics::counter!(crate::telemetry::MESSAGES_IN, "app" => self.id.to_string()).increment(1);
+        metrics::counter!(crate::telemetry::MESSAGES_IN, "app" => self.id.clone()).increment(1);
         self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts frames queued to clients.
     pub fn count_delivered(&self, frames: usize) {
-        metrics::counter!(crate::telemetry::MESSAGES_OUT, "app" => self.id.to_string())
+        metrics::counter!(crate::telemetry::MESSAGES_OUT, "app" => self.id.clone())
             .increment(frames as u64);
         self.stats
             .messages_out
@@ -121,8 +121,8 @@ impl App {
         let n = connections.len();
         drop(connections);
         self.connection_count.store(n, Ordering::Relaxed);
-        metrics::gauge!(crate::telemetry::CONNECTIONS, "app" => self.id.to_string()).set(n as f64);
-        metrics::counter!(crate::telemetry::CONNECTIONS_TOTAL, "app" => self.id.to_string())
+        metrics::gauge!(crate::telemetry::CONNECTIONS, "app" => self.id.clone()).set(n as f64);
+        metrics::counter!(crate::telemetry::CONNECTIONS_TOTAL, "app" => self.id.clone())
             .increment(1);
         Ok(())
     }
@@ -133,7 +133,7 @@ impl App {
         let n = connections.len();
         drop(connections);
         self.connection_count.store(n, Ordering::Relaxed);
-        metrics::gauge!(crate::telemetry::CONNECTIONS, "app" => self.id.to_string()).set(n as f64);
+        metrics::gauge!(crate::telemetry::CONNECTIONS, "app" => self.id.clone()).set(n as f64);
     }
 
     pub fn connection_count(&self) -> usize {

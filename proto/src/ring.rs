@@ -160,10 +160,9 @@ mod tests {
         assert_eq!(Ring::new(["solo"]).shares(), vec![1.0]);
     }
 
-    #[test]
-    fn adding_a_node_moves_only_channels_to_it() {
-        let before = ring_of(10);
-        let after = ring_of(11);
+    /// Share of 50,000 channels whose owner differs between `before` and `after`;
+    /// `check(old, new)` runs on every channel that moved.
+    fn moved_share(before: &Ring, after: &Ring, check: impl Fn(&str, &str)) -> f64 {
         let mut moved = 0;
         for i in 0..50_000 {
             let channel = format!("c{i}");
@@ -172,11 +171,18 @@ mod tests {
                 after.owner("app", &channel).unwrap(),
             );
             if b != a {
-                assert_eq!(a, "node-10", "a channel moved between two old nodes");
+                check(b, a);
                 moved += 1;
             }
         }
-        let share = moved as f64 / 50_000.0;
+        moved as f64 / 50_000.0
+    }
+
+    #[test]
+    fn adding_a_node_moves_only_channels_to_it() {
+        let share = moved_share(&ring_of(10), &ring_of(11), |_, new| {
+            assert_eq!(new, "node-10", "a channel moved between two old nodes")
+        });
         assert!(
             (0.06..0.12).contains(&share),
             "moved {share:.3} of channels, expected ~1/11"
@@ -185,25 +191,14 @@ mod tests {
 
     #[test]
     fn removing_a_node_moves_only_its_channels() {
-        let before = ring_of(10);
         let ids: Vec<String> = (0..10)
             .filter(|i| *i != 3)
             .map(|i| format!("node-{i}"))
             .collect();
         let after = Ring::new(ids.iter().map(String::as_str));
-        let mut moved = 0;
-        for i in 0..50_000 {
-            let channel = format!("c{i}");
-            let (b, a) = (
-                before.owner("app", &channel).unwrap(),
-                after.owner("app", &channel).unwrap(),
-            );
-            if b != a {
-                assert_eq!(b, "node-3", "a channel of a surviving node moved");
-                moved += 1;
-            }
-        }
-        let share = moved as f64 / 50_000.0;
+        let share = moved_share(&ring_of(10), &after, |old, _| {
+            assert_eq!(old, "node-3", "a channel of a surviving node moved")
+        });
         assert!(
             (0.07..0.13).contains(&share),
             "moved {share:.3} of channels, expected ~1/10"

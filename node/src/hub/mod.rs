@@ -145,7 +145,7 @@ impl Hub {
 
     fn count_subscriptions(&self, delta: i64) {
         let now = self.subscriptions.fetch_add(delta, Ordering::Relaxed) + delta;
-        metrics::gauge!(crate::telemetry::SUBSCRIPTIONS, "app" => self.app_id.to_string())
+        metrics::gauge!(crate::telemetry::SUBSCRIPTIONS, "app" => self.app_id.clone())
             .set(now as f64);
     }
 

@@ -102,7 +102,7 @@ impl Webhooks {
             return;
         }
         if self.events.try_send(event).is_err() {
-            metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => self.app_id.to_string())
+            metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => self.app_id.clone())
                 .increment(1);
         }
     }
@@ -121,7 +121,7 @@ async fn run_batcher(
             event = events.recv(), if open => match event {
                 Some(event) => {
                     if !batcher.push(Instant::now().into_std(), event) {
-                        metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => app_id.to_string()).increment(1);
+                        metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => app_id.clone()).increment(1);
                     }
                 }
                 None => open = false,

@@ -236,13 +236,19 @@ impl Client {
         };
         self.send(json!({"event":"pusher:subscribe","data":{"auth":auth,"channel":channel}}))
             .await;
+        let frame = self.succeeded().await;
+        assert_eq!(frame.channel.as_deref(), Some(channel));
+        frame
+    }
+
+    /// The next frame, which must be `pusher_internal:subscription_succeeded`.
+    async fn succeeded(&mut self) -> Frame {
         let frame = self.next().await;
         assert_eq!(
             frame.event, "pusher_internal:subscription_succeeded",
             "{}",
             frame.raw
         );
-        assert_eq!(frame.channel.as_deref(), Some(channel));
         frame
     }
 
@@ -252,13 +258,7 @@ impl Client {
         let auth = self.sign(&format!("{}:{channel}:{channel_data}", self.socket_id));
         self.send(json!({"event":"pusher:subscribe","data":{"auth":auth,"channel":channel,"channel_data":channel_data}}))
             .await;
-        let frame = self.next().await;
-        assert_eq!(
-            frame.event, "pusher_internal:subscription_succeeded",
-            "{}",
-            frame.raw
-        );
-        frame
+        self.succeeded().await
     }
 
     pub async fn sign_in(&mut self, user_data: &str) -> Frame {

@@ -157,7 +157,7 @@ fn publish(app: &App, event: &Event) -> usize {
             ),
         };
     }
-    metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => app.id.to_string(), "source" => "api")
+    metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => app.id.clone(), "source" => "api")
         .increment(1);
     app.count_delivered(delivered);
     delivered

@@ -422,7 +422,7 @@ impl Session {
             .app
             .hub
             .publish(channel, encoded, None, Some(self.conn.socket_id));
-        metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => self.app.id.to_string(), "source" => "client").increment(1);
+        metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => self.app.id.clone(), "source" => "client").increment(1);
         self.app.count_delivered(delivered);
         self.app.webhooks.raise(WebhookEvent::ClientEvent {
             channel: channel.into(),
