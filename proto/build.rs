@@ -7,7 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/control.proto");
     println!("cargo:rerun-if-changed=proto/mesh.proto");
     tonic_prost_build::configure()
-        .bytes(".relaymesh.mesh.v1.Batch.frames")
+        .bytes(".relaymesh.mesh.v1")
         .compile_protos(&["proto/control.proto", "proto/mesh.proto"], &["proto"])?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use relaymesh_proto::codes::ErrorCode;
 use crate::config::{AppConfig, Config, WebhookConfig};
 use crate::edge::outbox::{Conn, SocketId};
 use crate::hub::Hub;
+use crate::owner::Owner;
 use crate::telemetry::NodeStats;
 use crate::webhooks::Webhooks;
 
@@ -36,7 +37,10 @@ pub struct App {
     config: SharedAppConfig,
     /// The app id as a shared string for metric labels and webhook events.
     pub id: Arc<str>,
+    /// This node's subscribers of the app's channels.
     pub hub: Hub,
+    /// The app's channels this node owns.
+    pub owner: Owner,
     pub webhooks: Webhooks,
     /// The node's message counters.
     pub stats: Arc<NodeStats>,
@@ -71,11 +75,11 @@ impl App {
             &node.webhooks,
             node.http.clone(),
         );
-        let hub = Hub::new(id.clone(), webhooks.clone(), node.cache_entries_max);
         App {
+            hub: Hub::new(id.clone()),
+            owner: Owner::new(id.clone(), config.clone(), node.cache_entries_max),
             config,
             id,
-            hub,
             webhooks,
             stats: node.stats.clone(),
             connections: Mutex::new(HashMap::new()),
@@ -202,8 +206,9 @@ impl App {
         }
     }
 
-    /// Registers `conn` as a watcher of `watchlist` and sends it their current status.
-    pub fn watch(&self, watchlist: &[Box<str>], conn: &Arc<Conn>) {
+    /// Registers `conn` as a watcher of `watchlist`; returns the frame with their current
+    /// status.
+    pub fn watch(&self, watchlist: &[Box<str>], conn: &Arc<Conn>) -> bytes::Bytes {
         {
             let mut watchers = lock(&self.watchers);
             for id in watchlist {
@@ -217,7 +222,9 @@ impl App {
                 .map(|id| &**id)
                 .partition(|id| users.contains_key(*id))
         };
-        conn.push_text(&relaymesh_proto::frame::watchlist_events(&online, &offline));
+        crate::edge::ws::codec::text_frame(&relaymesh_proto::frame::watchlist_events(
+            &online, &offline,
+        ))
     }
 
     pub fn unwatch(&self, watchlist: &[Box<str>], socket: SocketId) {
@@ -236,20 +243,6 @@ impl App {
     pub fn user_connections(&self, user_id: &str) -> Vec<Arc<Conn>> {
         lock(&self.users).get(user_id).cloned().unwrap_or_default()
     }
-}
-
-/// Sends throttled subscription counts once their interval passed; ends with the app.
-fn spawn_count_flusher(app: std::sync::Weak<App>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let Some(app) = app.upgrade() else { return };
-            if app.config().subscription_count {
-                app.hub.flush_subscription_counts(std::time::Instant::now());
-            }
-        }
-    });
 }
 
 /// What every app of a node shares: webhook settings, the HTTP client, the cache bound.
@@ -271,6 +264,8 @@ struct Index {
 pub struct Apps {
     index: RwLock<Index>,
     settings: NodeAppSettings,
+    /// The apps of the config file, served beside a control plane's.
+    configured: Vec<AppConfig>,
 }
 
 impl Apps {
@@ -283,9 +278,27 @@ impl Apps {
                 cache_entries_max: config.cache_entries_max,
                 stats,
             },
+            configured: config.apps.clone(),
         };
         apps.sync(config.apps.clone());
         apps
+    }
+
+    /// Serves the control plane's `registry` beside the config file's apps; a registry app
+    /// whose id or key a configured app already uses is left out.
+    pub fn sync_registry(&self, registry: Vec<AppConfig>) {
+        let mut all = self.configured.clone();
+        for app in registry {
+            if all.iter().any(|c| c.id == app.id || c.key == app.key) {
+                tracing::warn!(
+                    app_id = app.id,
+                    "the config file defines this app: ignoring the control plane's"
+                );
+                continue;
+            }
+            all.push(app);
+        }
+        self.sync(all);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -317,11 +330,7 @@ impl Apps {
                         app.config.set(config.clone());
                         app
                     }
-                    None => {
-                        let app = Arc::new(App::new(config.clone(), &self.settings));
-                        spawn_count_flusher(Arc::downgrade(&app));
-                        app
-                    }
+                    None => Arc::new(App::new(config.clone(), &self.settings)),
                 };
                 next.by_key.insert(config.key.clone(), app.clone());
                 next.by_id.insert(config.id.clone(), app);

@@ -36,8 +36,8 @@ pub struct Config {
     pub control_plane: ControlPlaneConfig,
     /// Links to the other nodes of the cluster.
     pub mesh: MeshConfig,
-    /// The apps this node serves. Empty means the development app, unless the apps come
-    /// from a control plane.
+    /// The apps this node serves. Empty means the development app, unless a control plane
+    /// is set: then its registry's apps are served beside these.
     pub apps: Vec<AppConfig>,
 }
 
@@ -279,13 +279,7 @@ impl Config {
             figment = figment.merge(("control_plane.node_id", node_id));
         }
         let mut config: Config = figment.extract().map_err(Box::new)?;
-        if config.control_plane.endpoint.is_some() {
-            if !config.apps.is_empty() {
-                return Err(ConfigError::Invalid(
-                    "apps come from the control plane when control_plane.endpoint is set: remove [[apps]]".into(),
-                ));
-            }
-        } else if config.apps.is_empty() {
+        if config.control_plane.endpoint.is_none() && config.apps.is_empty() {
             config.apps.push(AppConfig::development());
         }
         config.validate()?;
@@ -509,11 +503,10 @@ mod tests {
                 Overrides::default()
             )
             .is_err());
+            // With a control plane, the file's apps are served beside the registry's.
             let file = write("[control_plane]\nendpoint = \"http://127.0.0.1:7000\"\n[[apps]]\nid=\"1\"\nkey=\"k\"\nsecret=\"s\"\n");
-            assert!(Config::load(Some(&file.0), Overrides::default())
-                .unwrap_err()
-                .to_string()
-                .contains("control plane"));
+            let config = Config::load(Some(&file.0), Overrides::default()).unwrap();
+            assert_eq!(config.apps.len(), 1);
             let file = write("[mesh]\nlisten = \"127.0.0.1:0\"\n");
             let err = Config::load(Some(&file.0), Overrides::default())
                 .unwrap_err()

@@ -11,6 +11,8 @@ pub mod edge;
 pub mod hub;
 pub mod membership;
 pub mod mesh;
+pub mod owner;
+pub mod route;
 pub mod telemetry;
 pub mod webhooks;
 
@@ -46,6 +48,8 @@ pub struct Shared {
     pub stats: Arc<NodeStats>,
     /// Mesh links to the other nodes (empty without `[mesh]`).
     pub peers: mesh::peers::Peers,
+    /// Requests of this node waiting for channel owners.
+    pub requests: route::Requests,
     /// First half of every socket id of this node: random, so ids differ across nodes.
     socket_node: u64,
     next_socket: AtomicU64,
@@ -62,6 +66,11 @@ impl Shared {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes new connections and can reach every channel's owner.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && route::mesh_complete(self)
     }
 
     /// Stops taking new connections (`/readyz` answers 503).
@@ -159,6 +168,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         view: watch::Sender::new(Arc::new(ClusterView::default())),
         stats,
         peers: mesh::peers::Peers::default(),
+        requests: route::Requests::default(),
         socket_node: rand::random::<u32>() as u64,
         next_socket: AtomicU64::new(1),
         draining: AtomicBool::new(false),
@@ -184,6 +194,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
             stopped.clone(),
         ));
     }
+    route::spawn_ticker(Arc::downgrade(&shared));
     let membership = membership::spawn(shared.clone(), local_addr, mesh_addr, stopped.clone());
     let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
     Ok(NodeHandle {

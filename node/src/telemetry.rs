@@ -31,6 +31,18 @@ pub const MESH_FRAMES_IN: &str = "relaymesh_mesh_frames_in_total";
 pub const MESH_BYTES_IN: &str = "relaymesh_mesh_bytes_in_total";
 /// Mesh dial attempts, by result.
 pub const MESH_DIALS: &str = "relaymesh_mesh_dials_total";
+/// Frames and bytes sent over mesh links, by peer.
+pub const MESH_FRAMES_OUT: &str = "relaymesh_mesh_frames_out_total";
+pub const MESH_BYTES_OUT: &str = "relaymesh_mesh_bytes_out_total";
+/// Mesh messages that could not be sent or used, by peer (or "-") and reason.
+pub const MESH_DROPPED: &str = "relaymesh_mesh_dropped_total";
+/// Messages passed on to the owner of a newer view.
+pub const MESH_FORWARDED: &str = "relaymesh_mesh_forwarded_total";
+/// Channels this node owns that have subscribers somewhere, by app.
+pub const OWNED_CHANNELS: &str = "relaymesh_owned_channels";
+/// From sending an HTTP publish to its owner until the owner accepted it, by owner
+/// (local or remote).
+pub const PUBLISH_TO_OWNER: &str = "relaymesh_publish_to_owner_seconds";
 /// Webhook events dropped because the queue was full, by app.
 pub const WEBHOOK_EVENTS_DROPPED: &str = "relaymesh_webhook_events_dropped_total";
 

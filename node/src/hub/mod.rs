@@ -1,134 +1,58 @@
-//! Local subscriptions of one app and their fan-out.
+//! One app's local subscribers and their fan-out. The channel's owner (`owner/`) decides
+//! who is subscribed and what they receive; the hub holds this node's sockets of each
+//! channel and pushes the owner's frames into their send queues.
 //!
-//! Channels live in shards keyed by a hash of the name, one lock each, so publishes to
-//! different channels do not contend. Every change that other subscribers must see in
-//! order (a join with its roster, a presence change, a cache replay, a publish) happens
-//! under the channel's shard lock, so a joining presence member always gets its roster
-//! before any member_added that follows it, and never misses one.
+//! A subscription is pending from the moment it is sent to the owner until the owner
+//! answers: a pending socket gets none of the channel's frames, so what it receives starts
+//! exactly where the owner's answer (and roster) was made. Channels live in shards keyed by
+//! a hash of the name, one lock each.
 
-mod presence;
-
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use relaymesh_proto::channel::{ChannelAuth, ChannelKind};
-use relaymesh_proto::frame::{self, PresenceMember};
 
 use crate::edge::outbox::{Conn, Pushed, SocketId};
-use crate::edge::ws::codec;
-use crate::webhooks::{WebhookEvent, Webhooks};
-pub use presence::Roster;
 
 const SHARDS: usize = 64;
 
-/// Above this many subscribers a channel's count is sent at most every [`COUNT_INTERVAL`]
-/// (protocol §13.1).
-const COUNT_THROTTLE_SUBSCRIBERS: usize = 100;
-const COUNT_INTERVAL: Duration = Duration::from_secs(5);
-
-/// The last event published on a cache channel.
-#[derive(Clone)]
-pub struct CachedEvent {
-    /// The encoded frame, replayed as is.
-    pub frame: Bytes,
-    /// The event's data string, for `GET /channels/{name}?info=cache`.
-    pub data: Arc<str>,
-    pub expires: Instant,
+struct Pending {
+    conn: Arc<Conn>,
+    since: Instant,
+    /// Sent instead of the owner's frames on acceptance (a sign-in's `signin_success`).
+    on_accept: Option<Vec<Bytes>>,
 }
 
 #[derive(Default)]
 struct Channel {
     subscribers: HashMap<SocketId, Arc<Conn>>,
-    /// Present on presence channels only.
-    roster: Option<Roster>,
-    /// When the subscription count was last sent (subscription counting).
-    count_sent: Option<Instant>,
+    pending: HashMap<SocketId, Pending>,
 }
 
-impl Channel {
-    /// Sends the subscription count to every subscriber.
-    fn send_count(&mut self, channel: &str, now: Instant, webhooks: &Webhooks) {
-        self.count_sent = Some(now);
-        let count = self.subscribers.len();
-        let frame = codec::text_frame(&frame::subscription_count(channel, count));
-        for conn in self.subscribers.values() {
-            conn.push(frame.clone());
-        }
-        webhooks.raise(WebhookEvent::SubscriptionCount {
-            channel: channel.into(),
-            subscription_count: count,
-        });
-    }
+/// A subscription the owner did not answer in time.
+pub struct Expired {
+    pub channel: Box<str>,
+    pub conn: Arc<Conn>,
 }
 
-#[derive(Default)]
-struct Shard {
-    channels: HashMap<Box<str>, Channel>,
-    cache: HashMap<Box<str>, CachedEvent>,
-    /// Channels whose count changed while throttled; flushed by `flush_subscription_counts`.
-    count_pending: HashSet<Box<str>>,
-}
-
-/// Whether a channel's subscription count is sent when counting is on.
-fn counted(kind: ChannelKind) -> bool {
-    matches!(kind.auth, ChannelAuth::Public | ChannelAuth::Private)
-}
-
-/// Why a subscription was refused by the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscribeError {
-    /// The presence channel already has its maximum of distinct members.
-    PresenceFull(usize),
-}
-
-/// Occupancy of one channel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ChannelStats {
-    pub subscription_count: usize,
-    /// Distinct users, on presence channels.
-    pub user_count: Option<usize>,
-}
+type Shard = HashMap<Box<str>, Channel>;
 
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
-    webhooks: Webhooks,
     app_id: Arc<str>,
-    cache_entries_per_shard: usize,
     subscriptions: AtomicI64,
 }
 
-/// After a subscription change: sends the count now, or marks it pending while throttled.
-fn count_changed(
-    state: &mut Channel,
-    pending: &mut HashSet<Box<str>>,
-    channel: &str,
-    webhooks: &Webhooks,
-) {
-    let now = Instant::now();
-    let throttled = state.subscribers.len() > COUNT_THROTTLE_SUBSCRIBERS
-        && state.count_sent.is_some_and(|t| now < t + COUNT_INTERVAL);
-    if throttled {
-        pending.insert(channel.into());
-    } else {
-        pending.remove(channel);
-        state.send_count(channel, now, webhooks);
-    }
-}
-
 impl Hub {
-    pub fn new(app_id: Arc<str>, webhooks: Webhooks, cache_entries_max: usize) -> Hub {
+    pub fn new(app_id: Arc<str>) -> Hub {
         Hub {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
-            webhooks,
             app_id,
-            cache_entries_per_shard: cache_entries_max.div_ceil(SHARDS).max(1),
             subscriptions: AtomicI64::new(0),
         }
     }
@@ -139,273 +63,130 @@ impl Hub {
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn raise(&self, event: WebhookEvent) {
-        self.webhooks.raise(event);
-    }
-
     fn count_subscriptions(&self, delta: i64) {
         let now = self.subscriptions.fetch_add(delta, Ordering::Relaxed) + delta;
         metrics::gauge!(crate::telemetry::SUBSCRIPTIONS, "app" => self.app_id.clone())
             .set(now as f64);
     }
 
-    /// Adds `conn` to `channel`, sends it `subscription_succeeded` (with the roster on
-    /// presence channels), tells the other members about a new user and replays the cache.
-    /// A presence channel holds at most `max_members` distinct users; with `count` the
-    /// subscribers learn the new subscription count.
-    pub fn subscribe(
-        &self,
-        channel: &str,
-        kind: ChannelKind,
-        conn: &Arc<Conn>,
-        member: Option<PresenceMember>,
-        max_members: usize,
-        count: bool,
-    ) -> Result<(), SubscribeError> {
+    /// Records a subscription sent to the owner. A socket already subscribed stays
+    /// subscribed (a repeated subscribe only gets the owner's answer again).
+    pub fn begin(&self, channel: &str, conn: &Arc<Conn>, on_accept: Option<Vec<Bytes>>) {
         let mut shard = self.shard(channel);
-        let shard = &mut *shard;
-        let entry = shard.channels.entry(channel.into()).or_default();
-        let newly_occupied = entry.subscribers.is_empty();
-        if let Some(member) = member {
-            let roster = entry.roster.get_or_insert_with(Roster::default);
-            if !roster.contains(&member.user_id) && roster.len() >= max_members {
-                if newly_occupied {
-                    shard.channels.remove(channel);
-                }
-                return Err(SubscribeError::PresenceFull(max_members));
-            }
-            let user_id = member.user_id.clone();
-            let first_connection = roster.join(member);
-            conn.push_text(&frame::presence_subscription_succeeded(
-                channel,
-                roster.members(),
-            ));
-            if first_connection {
-                if let Some(info) = roster.info(&user_id) {
-                    let added = codec::text_frame(&frame::member_added(channel, &user_id, info));
-                    for other in entry.subscribers.values() {
-                        other.push(added.clone());
-                    }
-                }
-                self.raise(WebhookEvent::MemberAdded {
-                    channel: channel.into(),
-                    user_id: user_id.into(),
-                });
-            }
-        } else {
-            conn.push_text(&frame::subscription_succeeded(channel));
-        }
-        entry.subscribers.insert(conn.socket_id, conn.clone());
-        self.count_subscriptions(1);
-        if newly_occupied {
-            self.raise(WebhookEvent::ChannelOccupied {
-                channel: channel.into(),
-            });
-        }
-        if count && counted(kind) {
-            count_changed(entry, &mut shard.count_pending, channel, &self.webhooks);
-        }
-        if kind.cache {
-            match shard.cache.get(channel) {
-                Some(cached) if cached.expires > Instant::now() => {
-                    conn.push(cached.frame.clone());
-                }
-                _ => {
-                    conn.push_text(&frame::cache_miss(channel));
-                    self.raise(WebhookEvent::CacheMiss {
-                        channel: channel.into(),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends `subscription_succeeded` again to a socket that re-subscribes, without side effects.
-    pub fn acknowledge_again(&self, channel: &str, conn: &Conn) {
-        let shard = self.shard(channel);
-        match shard.channels.get(channel).and_then(|c| c.roster.as_ref()) {
-            Some(roster) => conn.push_text(&frame::presence_subscription_succeeded(
-                channel,
-                roster.members(),
-            )),
-            None => conn.push_text(&frame::subscription_succeeded(channel)),
-        };
-    }
-
-    /// Removes `socket` from `channel`; `user_id` is its presence identity there; with
-    /// `count` the remaining subscribers learn the new subscription count.
-    pub fn unsubscribe(&self, channel: &str, socket: SocketId, user_id: Option<&str>, count: bool) {
-        let mut shard = self.shard(channel);
-        let shard = &mut *shard;
-        let Entry::Occupied(mut entry) = shard.channels.entry(channel.into()) else {
-            return;
-        };
-        if entry.get_mut().subscribers.remove(&socket).is_none() {
+        let entry = shard.entry(channel.into()).or_default();
+        if entry.subscribers.contains_key(&conn.socket_id) {
             return;
         }
-        self.count_subscriptions(-1);
-        let state = entry.get_mut();
-        if let (Some(user_id), Some(roster)) = (user_id, state.roster.as_mut()) {
-            if roster.leave(user_id) {
-                let removed = codec::text_frame(&frame::member_removed(channel, user_id));
-                for other in state.subscribers.values() {
-                    other.push(removed.clone());
+        let pending = Pending {
+            conn: conn.clone(),
+            since: Instant::now(),
+            on_accept,
+        };
+        entry.pending.insert(conn.socket_id, pending);
+    }
+
+    /// The owner answered a subscription: the socket gets the answer's frames and, when
+    /// accepted, the channel's frames from now on. Nothing happens for a socket that left.
+    pub fn complete(&self, channel: &str, socket: SocketId, accepted: bool, frames: Vec<Bytes>) {
+        let mut shard = self.shard(channel);
+        let Some(entry) = shard.get_mut(channel) else {
+            return;
+        };
+        let (conn, frames) = match entry.pending.remove(&socket) {
+            Some(pending) => {
+                let frames = match (accepted, pending.on_accept) {
+                    (true, Some(frames)) => frames,
+                    _ => frames,
+                };
+                if accepted {
+                    entry.subscribers.insert(socket, pending.conn.clone());
+                    self.count_subscriptions(1);
                 }
-                self.raise(WebhookEvent::MemberRemoved {
-                    channel: channel.into(),
-                    user_id: user_id.into(),
-                });
+                (pending.conn, frames)
             }
+            None => match entry.subscribers.get(&socket) {
+                Some(conn) => (conn.clone(), frames),
+                None => return,
+            },
+        };
+        for frame in frames {
+            conn.push(frame);
         }
-        if state.subscribers.is_empty() {
-            entry.remove();
-            shard.count_pending.remove(channel);
-            self.raise(WebhookEvent::ChannelVacated {
-                channel: channel.into(),
-            });
-        } else if count && counted(ChannelKind::of(channel)) {
-            count_changed(state, &mut shard.count_pending, channel, &self.webhooks);
+        if entry.subscribers.is_empty() && entry.pending.is_empty() {
+            shard.remove(channel);
         }
     }
 
-    /// Sends the counts that changed while throttled, once their interval has passed.
-    pub fn flush_subscription_counts(&self, now: Instant) {
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            if shard.count_pending.is_empty() {
-                continue;
-            }
-            let shard = &mut *shard;
-            let channels = &mut shard.channels;
-            let webhooks = &self.webhooks;
-            shard
-                .count_pending
-                .retain(|name| match channels.get_mut(name) {
-                    Some(state) if state.count_sent.is_some_and(|t| now < t + COUNT_INTERVAL) => {
-                        true
-                    }
-                    Some(state) => {
-                        state.send_count(name, now, webhooks);
-                        false
-                    }
-                    None => false,
-                });
+    /// Removes a socket; true when it was subscribed or pending (the owner must be told).
+    pub fn unsubscribe(&self, channel: &str, socket: SocketId) -> bool {
+        let mut shard = self.shard(channel);
+        let Some(entry) = shard.get_mut(channel) else {
+            return false;
+        };
+        let subscribed = entry.subscribers.remove(&socket).is_some();
+        if subscribed {
+            self.count_subscriptions(-1);
         }
+        let known = subscribed || entry.pending.remove(&socket).is_some();
+        if entry.subscribers.is_empty() && entry.pending.is_empty() {
+            shard.remove(channel);
+        }
+        known
+    }
+
+    /// Whether the owner accepted `socket` on `channel`.
+    pub fn is_subscribed(&self, channel: &str, socket: SocketId) -> bool {
+        self.shard(channel)
+            .get(channel)
+            .is_some_and(|c| c.subscribers.contains_key(&socket))
     }
 
     /// Sends one encoded frame to every subscriber but `except`; returns how many got it.
-    /// With `cache` (the event's data and how long to keep it) on a cache channel, the frame
-    /// also becomes the channel's cached event.
-    pub fn publish(
-        &self,
-        channel: &str,
-        frame: Bytes,
-        cache: Option<(&str, Duration)>,
-        except: Option<SocketId>,
-    ) -> usize {
-        let kind = ChannelKind::of(channel);
-        let mut shard = self.shard(channel);
-        if let (true, Some((data, ttl))) = (kind.cache, cache) {
-            self.store_cache(&mut shard, channel, frame.clone(), data, ttl);
-        }
-        let Some(state) = shard.channels.get(channel) else {
+    pub fn deliver(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        let shard = self.shard(channel);
+        let Some(state) = shard.get(channel) else {
             return 0;
         };
         let mut delivered = 0;
         for (socket, conn) in &state.subscribers {
-            if Some(*socket) == except {
-                continue;
-            }
-            if conn.push(frame.clone()) == Pushed::Queued {
+            if Some(*socket) != except && conn.push(frame.clone()) == Pushed::Queued {
                 delivered += 1;
             }
         }
         delivered
     }
 
-    fn store_cache(
-        &self,
-        shard: &mut Shard,
-        channel: &str,
-        frame: Bytes,
-        data: &str,
-        ttl: Duration,
-    ) {
-        let now = Instant::now();
-        if shard.cache.len() >= self.cache_entries_per_shard && !shard.cache.contains_key(channel) {
-            shard.cache.retain(|_, c| c.expires > now);
-            if shard.cache.len() >= self.cache_entries_per_shard {
-                let oldest = shard
-                    .cache
-                    .iter()
-                    .min_by_key(|(_, c)| c.expires)
-                    .map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    shard.cache.remove(&oldest);
-                }
-            }
+    /// Closes every subscriber of `channel` with `code`.
+    pub fn close_subscribers(&self, channel: &str, code: u16, reason: &'static str) -> usize {
+        let shard = self.shard(channel);
+        let Some(state) = shard.get(channel) else {
+            return 0;
+        };
+        for conn in state.subscribers.values() {
+            conn.close(code, reason);
         }
-        shard.cache.insert(
-            channel.into(),
-            CachedEvent {
-                frame,
-                data: data.into(),
-                expires: now + ttl,
-            },
-        );
+        state.subscribers.len()
     }
 
-    /// The cached event of `channel`, if one is live.
-    pub fn cached(&self, channel: &str) -> Option<CachedEvent> {
-        let shard = self.shard(channel);
-        shard
-            .cache
-            .get(channel)
-            .filter(|c| c.expires > Instant::now())
-            .cloned()
-    }
-
-    pub fn stats(&self, channel: &str) -> ChannelStats {
-        let shard = self.shard(channel);
-        shard
-            .channels
-            .get(channel)
-            .map_or_else(ChannelStats::default, |c| ChannelStats {
-                subscription_count: c.subscribers.len(),
-                user_count: c.roster.as_ref().map(Roster::len),
-            })
-    }
-
-    /// The user ids of a presence channel.
-    pub fn users(&self, channel: &str) -> Vec<String> {
-        let shard = self.shard(channel);
-        shard
-            .channels
-            .get(channel)
-            .and_then(|c| c.roster.as_ref())
-            .map(|r| r.members().map(|(id, _)| id.to_owned()).collect())
-            .unwrap_or_default()
-    }
-
-    /// Occupied channels whose name starts with `prefix`, sorted by name.
-    pub fn occupied(&self, prefix: &str) -> Vec<(String, ChannelStats)> {
-        let mut out = Vec::new();
+    /// Takes the subscriptions that waited longer than `timeout` for their owner.
+    pub fn expire_pending(&self, now: Instant, timeout: Duration) -> Vec<Expired> {
+        let mut expired = Vec::new();
         for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            for (name, c) in &shard.channels {
-                if name.starts_with(prefix) && !c.subscribers.is_empty() {
-                    out.push((
-                        name.to_string(),
-                        ChannelStats {
-                            subscription_count: c.subscribers.len(),
-                            user_count: c.roster.as_ref().map(Roster::len),
-                        },
-                    ));
-                }
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, channel) in shard.iter_mut() {
+                channel.pending.retain(|_, p| {
+                    let keep = now.saturating_duration_since(p.since) < timeout;
+                    if !keep {
+                        expired.push(Expired {
+                            channel: name.clone(),
+                            conn: p.conn.clone(),
+                        });
+                    }
+                    keep
+                });
             }
+            shard.retain(|_, c| !c.subscribers.is_empty() || !c.pending.is_empty());
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        expired
     }
 }

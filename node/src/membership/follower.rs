@@ -178,7 +178,7 @@ async fn follow(
                 let apps_changed = update.full || !update.apps.is_empty() || !update.removed_apps.is_empty();
                 view.apply(update)?;
                 if apps_changed {
-                    shared.apps.sync(view.app_configs());
+                    shared.apps.sync_registry(view.app_configs());
                 }
                 if view.state_of(&info.node_id) == Some(NodeState::Draining) && !shared.is_draining() {
                     tracing::warn!("the control plane marked this node draining: refusing new connections");

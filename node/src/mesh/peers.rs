@@ -99,7 +99,7 @@ async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, mut stop: watch::Rece
     }
 }
 
-/// Records a new link and drains what the peer sends (routing will consume it).
+/// Records a new link and routes what the peer sends.
 fn adopt(shared: &Arc<Shared>, link: Link) {
     let (sender, mut inbound) = link.split();
     let peer = sender.peer.clone();
@@ -113,6 +113,7 @@ fn adopt(shared: &Arc<Shared>, link: Link) {
     tokio::spawn(async move {
         while let Some(frame) = inbound.recv().await {
             count_in(&peer, &frame);
+            crate::route::receive(&shared, &peer, frame);
         }
         let mut links = shared.peers.lock();
         // Only forget it if a newer link has not replaced it.
@@ -120,6 +121,7 @@ fn adopt(shared: &Arc<Shared>, link: Link) {
             links.remove(&peer);
         }
         drop(links);
+        shared.requests.fail_node(&peer);
         tracing::info!(peer, "mesh link down");
         set_up(&peer, false);
     });

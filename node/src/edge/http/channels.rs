@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
@@ -10,8 +9,11 @@ use relaymesh_proto::channel::{self, ChannelKind};
 use serde::Serialize;
 use serde_json::json as value;
 
+use relaymesh_proto::mesh::envelope::Body;
+use relaymesh_proto::mesh::Query;
+
 use super::{json, signed, ApiError};
-use crate::Shared;
+use crate::{route, Shared};
 
 fn info_list(text: Option<&str>) -> Vec<&str> {
     text.unwrap_or("")
@@ -46,16 +48,15 @@ pub async fn list(
     #[derive(Serialize)]
     struct Attributes {
         #[serde(skip_serializing_if = "Option::is_none")]
-        user_count: Option<usize>,
+        user_count: Option<u32>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        subscription_count: Option<usize>,
+        subscription_count: Option<u32>,
     }
-    let channels: BTreeMap<String, Attributes> = signed
-        .app
-        .hub
-        .occupied(prefix)
+    let channels: BTreeMap<String, Attributes> = route::list_channels(&shared, &signed.app, prefix)
+        .await?
         .into_iter()
-        .map(|(name, stats)| {
+        .map(|entry| {
+            let stats = entry.stats.unwrap_or_default();
             let attributes = Attributes {
                 user_count: info
                     .contains(&"user_count")
@@ -64,7 +65,7 @@ pub async fn list(
                     .contains(&"subscription_count")
                     .then_some(stats.subscription_count),
             };
-            (name, attributes)
+            (entry.name, attributes)
         })
         .collect();
     Ok(json(&value!({ "channels": channels })))
@@ -79,7 +80,14 @@ pub async fn info(
     let kind = channel::validate_channel_name(&name)
         .map_err(|e| ApiError::bad_request(format!("Invalid channel: {e}")))?;
     let info = info_list(signed.param("info"));
-    let stats = signed.app.hub.stats(&name);
+    let answer = route::request(&shared, &signed.app, &name, |request_id| {
+        Body::Query(Query {
+            request_id,
+            users: false,
+        })
+    })
+    .await?;
+    let stats = answer.stats.unwrap_or_default();
     let mut out = serde_json::Map::new();
     out.insert("occupied".into(), value!(stats.subscription_count > 0));
     for attribute in info {
@@ -94,13 +102,10 @@ pub async fn info(
                 );
             }
             "cache" if kind.cache => {
-                let cached = signed.app.hub.cached(&name).map(|c| {
-                    let ttl = c
-                        .expires
-                        .saturating_duration_since(Instant::now())
-                        .as_secs();
-                    value!({ "data": &*c.data, "ttl": ttl })
-                });
+                let cached = answer
+                    .cache
+                    .as_ref()
+                    .map(|c| value!({ "data": c.data, "ttl": c.ttl_secs }));
                 out.insert("cache".into(), cached.unwrap_or(serde_json::Value::Null));
             }
             "user_count" | "cache" => {
@@ -129,10 +134,15 @@ pub async fn users(
             "Users can only be listed for presence channels",
         ));
     }
-    let users: Vec<_> = signed
-        .app
-        .hub
-        .users(&name)
+    let answer = route::request(&shared, &signed.app, &name, |request_id| {
+        Body::Query(Query {
+            request_id,
+            users: true,
+        })
+    })
+    .await?;
+    let users: Vec<_> = answer
+        .users
         .into_iter()
         .map(|id| value!({ "id": id }))
         .collect();

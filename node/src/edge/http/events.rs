@@ -12,11 +12,14 @@ use relaymesh_proto::frame;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use relaymesh_proto::mesh::envelope::Body;
+use relaymesh_proto::mesh::{ChannelStats, Publish};
+
 use super::{json, parse_body, signed, ApiError};
 use crate::app::App;
-use crate::edge::outbox::{Pushed, SocketId};
+use crate::edge::outbox::SocketId;
 use crate::edge::ws::codec;
-use crate::{telemetry, Shared};
+use crate::{route, telemetry, Shared};
 
 /// Channels one event may target.
 pub const CHANNELS_PER_EVENT_MAX: usize = 100;
@@ -134,47 +137,53 @@ fn validate(body: EventBody<'_>, app: &App) -> Result<Event, ApiError> {
     })
 }
 
-/// Encodes and delivers one event on each of its channels; returns deliveries.
-fn publish(app: &App, event: &Event) -> usize {
-    let cache_ttl = std::time::Duration::from_secs(app.config().cache_ttl_secs);
-    let mut delivered = 0;
+/// Sends one event to the owner of each of its channels (all before waiting for any).
+fn send(shared: &Shared, app: &App, event: &Event) -> Result<Vec<route::Waiting>, ApiError> {
+    let except = event.except.map(Into::into);
+    let mut waiting = Vec::with_capacity(event.channels.len());
     for channel in &event.channels {
         let text = frame::channel_event(&event.name, channel, &event.data, None);
-        let encoded = codec::text_frame(&text);
-        delivered += match channel::server_to_user_id(channel) {
-            Some(user_id) => app
-                .user_connections(user_id)
-                .iter()
-                .filter(|c| {
-                    Some(c.socket_id) != event.except && c.push(encoded.clone()) == Pushed::Queued
-                })
-                .count(),
-            None => app.hub.publish(
-                channel,
-                encoded,
-                Some((&event.data, cache_ttl)),
-                event.except,
-            ),
-        };
+        let frame = codec::text_frame(&text);
+        waiting.push(route::begin(shared, app, channel, |request_id| {
+            Body::Publish(Publish {
+                request_id,
+                frame,
+                data: event.data.clone(),
+                except,
+                cache: true,
+            })
+        })?);
     }
     metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => app.id.clone(), "source" => "api")
         .increment(1);
-    app.count_delivered(delivered);
-    delivered
+    Ok(waiting)
 }
 
-fn channel_info(app: &App, event: &Event) -> BTreeMap<String, ChannelInfo> {
+/// Waits until every owner accepted; returns the channels' occupancy after the event.
+async fn accepted(
+    shared: &Shared,
+    waiting: Vec<route::Waiting>,
+) -> Result<Vec<ChannelStats>, ApiError> {
+    let mut stats = Vec::with_capacity(waiting.len());
+    for w in waiting {
+        stats.push(w.answer(shared).await?.stats.unwrap_or_default());
+    }
+    Ok(stats)
+}
+
+fn channel_info(event: &Event, stats: &[ChannelStats]) -> BTreeMap<String, ChannelInfo> {
     let wants = |a: &str| event.info.iter().any(|i| i == a);
     event
         .channels
         .iter()
-        .map(|name| {
-            let stats = app.hub.stats(name);
+        .zip(stats)
+        .map(|(name, stats)| {
             let is_presence = channel::ChannelKind::of(name).is_presence();
             let info = ChannelInfo {
                 user_count: (wants("user_count") && is_presence)
-                    .then(|| stats.user_count.unwrap_or(0)),
-                subscription_count: wants("subscription_count").then_some(stats.subscription_count),
+                    .then(|| stats.user_count.unwrap_or(0) as usize),
+                subscription_count: wants("subscription_count")
+                    .then_some(stats.subscription_count as usize),
             };
             (name.clone(), info)
         })
@@ -189,12 +198,13 @@ pub async fn events(
     let signed = signed(&shared, &app_id, request).await?;
     let body: EventBody<'_> = parse_body(&signed.body)?;
     let event = validate(body, &signed.app)?;
-    publish(&signed.app, &event);
+    let waiting = send(&shared, &signed.app, &event)?;
+    let stats = accepted(&shared, waiting).await?;
     if event.info.is_empty() {
         return Ok(json(&serde_json::json!({})));
     }
     Ok(json(
-        &serde_json::json!({ "channels": channel_info(&signed.app, &event) }),
+        &serde_json::json!({ "channels": channel_info(&event, &stats) }),
     ))
 }
 
@@ -217,20 +227,21 @@ pub async fn batch_events(
         .into_iter()
         .map(|item| validate(item, &signed.app))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut waiting = Vec::with_capacity(events.len());
     for event in &events {
-        publish(&signed.app, event);
+        waiting.push(send(&shared, &signed.app, event)?);
+    }
+    let mut stats = Vec::with_capacity(events.len());
+    for w in waiting {
+        stats.push(accepted(&shared, w).await?);
     }
     if events.iter().all(|e| e.info.is_empty()) {
         return Ok(json(&serde_json::json!({})));
     }
     let batch: Vec<ChannelInfo> = events
         .iter()
-        .map(|e| {
-            channel_info(&signed.app, e)
-                .into_values()
-                .next()
-                .unwrap_or_default()
-        })
+        .zip(&stats)
+        .map(|(e, s)| channel_info(e, s).into_values().next().unwrap_or_default())
         .collect();
     Ok(json(&serde_json::json!({ "batch": batch })))
 }

@@ -45,6 +45,22 @@ impl ApiError {
     }
 }
 
+/// A channel's owner could not take or answer the call: never a silent success.
+impl From<crate::route::RouteError> for ApiError {
+    fn from(e: crate::route::RouteError) -> ApiError {
+        use crate::route::RouteError;
+        let status = match e {
+            RouteError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            RouteError::Unreachable(_)
+            | RouteError::Busy(_)
+            | RouteError::TooManyRequests
+            | RouteError::UnknownApp(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        crate::telemetry::count_error(Some(status.as_u16()), "owner_unavailable");
+        ApiError::new(status, e.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         #[derive(Serialize)]

@@ -13,10 +13,13 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The node takes new connections (not while shutting down).
+/// The node takes new connections (not while draining) and, in a cluster, is active and
+/// linked to every other active member.
 pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !shared.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "joining the cluster\n").into_response()
     } else {
         "ready\n".into_response()
     }

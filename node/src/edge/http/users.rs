@@ -1,13 +1,16 @@
-//! `POST /users/{user_id}/terminate_connections` (§11.7).
+//! `POST /users/{user_id}/terminate_connections` (§11.7): the owner of the user's
+//! `#server-to-user-` channel closes the user's sockets on every node.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
-use relaymesh_proto::codes::ErrorCode;
+use relaymesh_proto::channel::SERVER_TO_USER_PREFIX;
+use relaymesh_proto::mesh::envelope::Body;
+use relaymesh_proto::mesh::Terminate;
 
 use super::{json, signed, ApiError};
-use crate::Shared;
+use crate::{route, Shared};
 
 pub async fn terminate(
     State(shared): State<Arc<Shared>>,
@@ -15,12 +18,10 @@ pub async fn terminate(
     request: Request,
 ) -> Result<Response, ApiError> {
     let signed = signed(&shared, &app_id, request).await?;
-    for conn in signed.app.user_connections(&user_id) {
-        crate::telemetry::count_error(Some(ErrorCode::Unauthorized.as_u16()), "terminated_by_app");
-        conn.close(
-            ErrorCode::Unauthorized.as_u16(),
-            "You got disconnected by the app.",
-        );
-    }
+    let channel = format!("{SERVER_TO_USER_PREFIX}{user_id}");
+    route::request(&shared, &signed.app, &channel, |request_id| {
+        Body::Terminate(Terminate { request_id })
+    })
+    .await?;
     Ok(json(&serde_json::json!({})))
 }

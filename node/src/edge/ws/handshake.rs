@@ -156,7 +156,7 @@ async fn start_session(
         shared.config.activity_timeout_secs,
     );
     conn.push_text(&established);
-    let session = Session::new(app, conn);
+    let session = Session::new(shared.clone(), app, conn);
     // A task of its own: the upgrade's state is freed instead of riding along for the
     // connection's whole life (about 600 bytes per idle connection).
     tokio::spawn(connection::run(stream, leftover, session, shared));

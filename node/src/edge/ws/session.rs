@@ -14,12 +14,14 @@ use relaymesh_proto::frame::{
 use relaymesh_proto::signing;
 use serde_json::value::RawValue;
 
+use relaymesh_proto::mesh::envelope::Body;
+use relaymesh_proto::mesh::{self, Publish, Subscribe, Unsubscribe};
+
 use crate::app::App;
 use crate::edge::outbox::Conn;
 use crate::edge::ws::codec;
-use crate::hub::SubscribeError;
-use crate::telemetry;
 use crate::webhooks::WebhookEvent;
+use crate::{route, telemetry, Shared};
 
 /// Most channels one connection may hold; more are refused with `LimitReached`.
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1_000;
@@ -54,6 +56,7 @@ impl TokenBucket {
 }
 
 pub struct Session {
+    shared: Arc<Shared>,
     app: Arc<App>,
     conn: Arc<Conn>,
     /// Channel → the presence user id this socket joined it as.
@@ -65,9 +68,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(app: Arc<App>, conn: Arc<Conn>) -> Session {
+    pub fn new(shared: Arc<Shared>, app: Arc<App>, conn: Arc<Conn>) -> Session {
         let rate = app.config().client_event_rate as f32;
         Session {
+            shared,
             app,
             conn,
             subscriptions: HashMap::new(),
@@ -180,11 +184,8 @@ impl Session {
                 )
             }
         };
-        if self.subscriptions.contains_key(name) {
-            self.app.hub.acknowledge_again(name, &self.conn);
-            return;
-        }
-        if self.subscriptions.len() >= SUBSCRIPTIONS_PER_CONNECTION_MAX {
+        let repeated = self.subscriptions.contains_key(name);
+        if !repeated && self.subscriptions.len() >= SUBSCRIPTIONS_PER_CONNECTION_MAX {
             let msg = format!(
                 "A connection may hold at most {SUBSCRIPTIONS_PER_CONNECTION_MAX} subscriptions"
             );
@@ -214,21 +215,65 @@ impl Session {
             }
         };
         let user_id = member.as_ref().map(|m| m.user_id.clone().into_boxed_str());
-        let config = self.app.config();
-        let (max_members, count) = (config.max_presence_members, config.subscription_count);
-        match self
-            .app
-            .hub
-            .subscribe(name, kind, &self.conn, member, max_members, count)
-        {
-            Ok(()) => {
-                self.subscriptions.insert(name.into(), user_id);
-                self.authorized |=
-                    matches!(kind.auth, ChannelAuth::Private | ChannelAuth::Presence);
+        if kind.auth == ChannelAuth::ServerToUser {
+            // The user's sockets already receive its channel from the sign-in.
+            self.conn.push_text(&frame::subscription_succeeded(name));
+        } else {
+            let member = member.map(|m| mesh::Member {
+                user_id: m.user_id,
+                info: m
+                    .user_info
+                    .map(|i| bytes::Bytes::copy_from_slice(i.get().as_bytes()))
+                    .unwrap_or_default(),
+            });
+            if let Err(e) = self.join(name, member, None) {
+                return self.subscription_error(
+                    name,
+                    "ServiceUnavailable",
+                    &e.to_string(),
+                    503,
+                    "owner_unreachable",
+                );
             }
-            Err(SubscribeError::PresenceFull(max)) => {
-                let msg = format!("Presence channel is full: at most {max} members");
-                self.subscription_error(name, "LimitReached", &msg, 4100, "presence_full");
+        }
+        if !repeated {
+            self.subscriptions.insert(name.into(), user_id);
+        }
+        self.authorized |= matches!(kind.auth, ChannelAuth::Private | ChannelAuth::Presence);
+    }
+
+    /// Asks the channel's owner to add this socket; the hub holds it as pending until the
+    /// answer (or sends `on_accept` instead of the owner's frames).
+    fn join(
+        &self,
+        channel: &str,
+        member: Option<mesh::Member>,
+        on_accept: Option<Vec<bytes::Bytes>>,
+    ) -> Result<(), route::RouteError> {
+        self.app.hub.begin(channel, &self.conn, on_accept);
+        let body = Body::Subscribe(Subscribe {
+            socket: Some(self.conn.socket_id.into()),
+            member,
+        });
+        route::to_owner(&self.shared, &self.app, channel, body).inspect_err(|_| {
+            self.app.hub.unsubscribe(channel, self.conn.socket_id);
+        })
+    }
+
+    /// Takes this socket off `channel` here and at its owner.
+    fn leave(&self, channel: &str) {
+        // Only the sign-in holds a user's channel at its owner (see `end`).
+        if ChannelKind::of(channel).auth != ChannelAuth::ServerToUser {
+            self.leave_owner(channel);
+        }
+    }
+
+    fn leave_owner(&self, channel: &str) {
+        if self.app.hub.unsubscribe(channel, self.conn.socket_id) {
+            let socket = Some(self.conn.socket_id.into());
+            let body = Body::Unsubscribe(Unsubscribe { socket });
+            if let Err(e) = route::to_owner(&self.shared, &self.app, channel, body) {
+                tracing::debug!(channel, error = %e, "unsubscribe did not reach the owner");
             }
         }
     }
@@ -284,11 +329,8 @@ impl Session {
     }
 
     fn unsubscribe(&mut self, channel: &str) {
-        if let Some(user_id) = self.subscriptions.remove(channel) {
-            let count = self.app.config().subscription_count;
-            self.app
-                .hub
-                .unsubscribe(channel, self.conn.socket_id, user_id.as_deref(), count);
+        if self.subscriptions.remove(channel).is_some() {
+            self.leave(channel);
         }
     }
 
@@ -326,16 +368,22 @@ impl Session {
             }
             None => {}
         }
-        self.conn.push_text(&frame::signin_success(&data.user_data));
-        self.app.sign_in(&user.id, &self.conn);
+        let mut answer = vec![codec::text_frame(&frame::signin_success(&data.user_data))];
         let watchlist: Vec<Box<str>> = if config.watchlist_events {
             user.watchlist.into_iter().map(Into::into).collect()
         } else {
             Vec::new()
         };
         if !watchlist.is_empty() {
-            self.app.watch(&watchlist, &self.conn);
+            answer.push(self.app.watch(&watchlist, &self.conn));
         }
+        // signin_success waits for the owner of the user's channel, so a server-to-user
+        // event sent after it reaches this socket on any node.
+        if let Err(e) = self.join(&user_channel(&user.id), None, Some(answer)) {
+            self.app.unwatch(&watchlist, self.conn.socket_id);
+            return self.error(None, &e.to_string(), None, "owner_unreachable");
+        }
+        self.app.sign_in(&user.id, &self.conn);
         self.user = Some(Box::new(SignedIn {
             id: user.id.into(),
             info: user.user_info,
@@ -379,7 +427,8 @@ impl Session {
         if event.len() > EVENT_NAME_MAX {
             return reject(self, "Event name is too long", "client_event_name");
         }
-        let Some(user_id) = self.subscriptions.get(channel) else {
+        let subscribed = self.app.hub.is_subscribed(channel, self.conn.socket_id);
+        let Some(user_id) = self.subscriptions.get(channel).filter(|_| subscribed) else {
             return reject(
                 self,
                 "Client events need a subscription to the channel",
@@ -418,12 +467,15 @@ impl Session {
             None
         };
         let encoded = codec::text_frame(&frame::channel_event(event, channel, &data, user_id));
-        let delivered = self
-            .app
-            .hub
-            .publish(channel, encoded, None, Some(self.conn.socket_id));
+        let publish = Body::Publish(Publish {
+            frame: encoded,
+            except: Some(self.conn.socket_id.into()),
+            ..Publish::default()
+        });
+        if let Err(e) = route::to_owner(&self.shared, &self.app, channel, publish) {
+            return reject(self, &e.to_string(), "owner_unreachable");
+        }
         metrics::counter!(telemetry::EVENTS_PUBLISHED, "app" => self.app.id.clone(), "source" => "client").increment(1);
-        self.app.count_delivered(delivered);
         self.app.webhooks.raise(WebhookEvent::ClientEvent {
             channel: channel.into(),
             event: event.into(),
@@ -435,18 +487,22 @@ impl Session {
 
     /// Leaves every channel and signs out; called once when the connection ends.
     pub fn end(&mut self) {
-        let count = self.app.config().subscription_count;
-        for (channel, user_id) in self.subscriptions.drain() {
-            self.app
-                .hub
-                .unsubscribe(&channel, self.conn.socket_id, user_id.as_deref(), count);
+        for (channel, _) in std::mem::take(&mut self.subscriptions) {
+            self.leave(&channel);
         }
         if let Some(user) = self.user.take() {
+            self.leave_owner(&user_channel(&user.id));
             self.app.unwatch(&user.watchlist, self.conn.socket_id);
             self.app.sign_out(&user.id, self.conn.socket_id);
         }
         self.app.release(self.conn.socket_id);
     }
+}
+
+/// The channel a signed-in user's sockets hold at its owner: server-to-user events and
+/// terminate_connections reach them through it on every node.
+fn user_channel(user_id: &str) -> String {
+    format!("{}{user_id}", channel::SERVER_TO_USER_PREFIX)
 }
 
 #[cfg(test)]

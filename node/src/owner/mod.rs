@@ -1,0 +1,574 @@
+//! The owner side of channels: what the single serialization point of a channel holds and
+//! decides. Every node runs one [`Owner`] per app and acts as owner for the channels the
+//! ring gives it (all of them when it is alone).
+//!
+//! Per channel the owner keeps the subscribed sockets of every node (so it knows which
+//! nodes need each event), the presence roster (so member_added / member_removed and the
+//! webhooks fire once per user across the mesh), a sequence number, the cache and the
+//! subscription count. Sans-IO: each call takes one message and writes what follows to a
+//! [`Sink`] (messages to nodes, webhooks) while the channel's shard lock is held, so every
+//! node receives one channel's messages in the owner's order.
+
+mod presence;
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use relaymesh_proto::channel::{ChannelAuth, ChannelKind};
+use relaymesh_proto::codes::ErrorCode;
+use relaymesh_proto::frame::{self, PresenceMember};
+use relaymesh_proto::mesh::envelope::Body;
+use relaymesh_proto::mesh::{
+    self, ChannelEntry, ChannelStats, CloseSockets, Deliver, Publish, Query, Reply, SubscribeResult,
+};
+use serde_json::value::RawValue;
+
+use crate::app::SharedAppConfig;
+use crate::edge::outbox::SocketId;
+use crate::edge::ws::codec;
+use crate::telemetry;
+use crate::webhooks::WebhookEvent;
+pub use presence::Roster;
+
+const SHARDS: usize = 64;
+
+/// Above this many subscribers a channel's count is sent at most every [`COUNT_INTERVAL`]
+/// (protocol §13.1).
+const COUNT_THROTTLE_SUBSCRIBERS: usize = 100;
+const COUNT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where the owner's decisions go.
+pub trait Sink {
+    /// A message for the edge of `node` (this node included).
+    fn send(&mut self, node: &str, channel: &str, body: Body);
+    fn webhook(&mut self, event: WebhookEvent);
+}
+
+/// The last event published on a cache channel.
+struct CachedEvent {
+    frame: Bytes,
+    data: Arc<str>,
+    expires: Instant,
+}
+
+struct Subscriber {
+    node: Arc<str>,
+    /// The presence user the socket joined as.
+    user: Option<Box<str>>,
+}
+
+#[derive(Default)]
+struct OwnedChannel {
+    /// Numbers every frame the owner sends for the channel.
+    seq: u64,
+    sockets: HashMap<SocketId, Subscriber>,
+    /// Nodes with subscribers and how many each has.
+    interest: Vec<(Arc<str>, u32)>,
+    /// Present on presence channels only.
+    roster: Option<Roster>,
+    /// When the subscription count was last sent (subscription counting).
+    count_sent: Option<Instant>,
+}
+
+impl OwnedChannel {
+    fn stats(&self) -> ChannelStats {
+        ChannelStats {
+            subscription_count: self.sockets.len() as u32,
+            user_count: self.roster.as_ref().map(|r| r.len() as u32),
+        }
+    }
+
+    /// The node's shared id, from the interest list when it is there.
+    fn node_key(&self, node: &str) -> Arc<str> {
+        self.interest
+            .iter()
+            .find(|(n, _)| &**n == node)
+            .map_or_else(|| node.into(), |(n, _)| n.clone())
+    }
+
+    fn add_interest(&mut self, node: &Arc<str>) {
+        match self.interest.iter_mut().find(|(n, _)| n == node) {
+            Some((_, count)) => *count += 1,
+            None => self.interest.push((node.clone(), 1)),
+        }
+    }
+
+    fn remove_interest(&mut self, node: &str) {
+        if let Some(i) = self.interest.iter().position(|(n, _)| &**n == node) {
+            self.interest[i].1 -= 1;
+            if self.interest[i].1 == 0 {
+                self.interest.swap_remove(i);
+            }
+        }
+    }
+
+    /// Sends one frame to every node with subscribers, numbered.
+    fn deliver(
+        &mut self,
+        channel: &str,
+        frame: Bytes,
+        except: Option<SocketId>,
+        sink: &mut dyn Sink,
+    ) {
+        self.seq += 1;
+        let except = except.map(mesh::SocketRef::from);
+        for (node, _) in &self.interest {
+            let body = Body::Deliver(Deliver {
+                seq: self.seq,
+                frame: frame.clone(),
+                except,
+            });
+            sink.send(node, channel, body);
+        }
+    }
+
+    fn count_frame(&mut self, channel: &str, now: Instant, sink: &mut dyn Sink) -> Bytes {
+        self.count_sent = Some(now);
+        let count = self.sockets.len();
+        sink.webhook(WebhookEvent::SubscriptionCount {
+            channel: channel.into(),
+            subscription_count: count,
+        });
+        codec::text_frame(&frame::subscription_count(channel, count))
+    }
+
+    /// Whether a count change must wait for the throttle interval.
+    fn count_throttled(&self, now: Instant) -> bool {
+        self.sockets.len() > COUNT_THROTTLE_SUBSCRIBERS
+            && self.count_sent.is_some_and(|t| now < t + COUNT_INTERVAL)
+    }
+
+    fn succeeded_frame(&self, channel: &str) -> Bytes {
+        let text = match &self.roster {
+            Some(roster) => frame::presence_subscription_succeeded(channel, roster.members()),
+            None => frame::subscription_succeeded(channel),
+        };
+        codec::text_frame(&text)
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    channels: HashMap<Box<str>, OwnedChannel>,
+    cache: HashMap<Box<str>, CachedEvent>,
+    /// Channels whose count changed while throttled; flushed by `flush_subscription_counts`.
+    count_pending: HashSet<Box<str>>,
+}
+
+/// Whether a channel's subscription count is sent when counting is on.
+fn counted(kind: ChannelKind) -> bool {
+    matches!(kind.auth, ChannelAuth::Public | ChannelAuth::Private)
+}
+
+fn socket_of(socket: Option<mesh::SocketRef>) -> Option<SocketId> {
+    socket.map(|s| SocketId {
+        node: s.node,
+        seq: s.seq,
+    })
+}
+
+impl From<SocketId> for mesh::SocketRef {
+    fn from(s: SocketId) -> Self {
+        mesh::SocketRef {
+            node: s.node,
+            seq: s.seq,
+        }
+    }
+}
+
+/// The member a Subscribe carries; `None` when it is missing or its info is not JSON.
+fn member_of(member: Option<mesh::Member>) -> Option<PresenceMember> {
+    let member = member?;
+    let user_info = if member.info.is_empty() {
+        None
+    } else {
+        let text = String::from_utf8(member.info.to_vec()).ok()?;
+        Some(RawValue::from_string(text).ok()?)
+    };
+    Some(PresenceMember {
+        user_id: member.user_id,
+        user_info,
+    })
+}
+
+/// The owned channels of one app.
+pub struct Owner {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    app_id: Arc<str>,
+    config: SharedAppConfig,
+    cache_entries_per_shard: usize,
+}
+
+impl Owner {
+    pub fn new(app_id: Arc<str>, config: SharedAppConfig, cache_entries_max: usize) -> Owner {
+        Owner {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: Default::default(),
+            app_id,
+            config,
+            cache_entries_per_shard: cache_entries_max.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
+        let shard = &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS];
+        // Critical sections only move entries between maps; a poisoned lock is still valid.
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count_owned(&self, delta: f64) {
+        metrics::gauge!(telemetry::OWNED_CHANNELS, "app" => self.app_id.clone()).increment(delta);
+    }
+
+    /// Handles one owner-bound message about `channel` from `origin`.
+    pub fn handle(&self, origin: &str, channel: &str, body: Body, sink: &mut dyn Sink) {
+        match body {
+            Body::Subscribe(s) => {
+                if let Some(socket) = socket_of(s.socket) {
+                    self.subscribe(origin, channel, socket, s.member, sink);
+                }
+            }
+            Body::Unsubscribe(u) => {
+                if let Some(socket) = socket_of(u.socket) {
+                    self.unsubscribe(channel, socket, sink);
+                }
+            }
+            Body::Publish(p) => self.publish(origin, channel, p, sink),
+            Body::Query(q) => self.query(origin, channel, q, sink),
+            Body::Terminate(t) => {
+                let stats = self.close_sockets(channel, sink);
+                reply(origin, channel, t.request_id, Some(stats), sink);
+            }
+            Body::ListChannels(l) => {
+                let channels = self.occupied(&l.prefix);
+                let answer = Reply {
+                    request_id: l.request_id,
+                    channels,
+                    ..Reply::default()
+                };
+                sink.send(origin, "", Body::Reply(answer));
+            }
+            Body::SubscribeResult(_)
+            | Body::Deliver(_)
+            | Body::Reply(_)
+            | Body::CloseSockets(_) => {}
+        }
+    }
+
+    /// Adds a socket of `origin`; answers it with `subscription_succeeded` (the roster on
+    /// presence channels, the cached event on cache channels) or a refusal, and tells the
+    /// other subscribers about a new member. A repeated subscription only gets its answer.
+    fn subscribe(
+        &self,
+        origin: &str,
+        channel: &str,
+        socket: SocketId,
+        member: Option<mesh::Member>,
+        sink: &mut dyn Sink,
+    ) {
+        let config = self.config.get();
+        let kind = ChannelKind::of(channel);
+        let mut shard = self.shard(channel);
+        let shard = &mut *shard;
+        let entry = shard.channels.entry(channel.into()).or_default();
+        let answer = |accepted, frames| {
+            Body::SubscribeResult(SubscribeResult {
+                socket: Some(socket.into()),
+                accepted,
+                frames,
+            })
+        };
+        if entry.sockets.contains_key(&socket) {
+            sink.send(
+                origin,
+                channel,
+                answer(true, vec![entry.succeeded_frame(channel)]),
+            );
+            return;
+        }
+        let newly_occupied = entry.sockets.is_empty();
+        let node = entry.node_key(origin);
+        let mut user = None;
+        if kind.is_presence() {
+            let refuse = |message: &str, status: u16, error: &str| {
+                telemetry::count_error(Some(status), "presence_refused");
+                let text = frame::subscription_error(channel, error, message, status);
+                answer(false, vec![codec::text_frame(&text)])
+            };
+            let Some(member) = member_of(member) else {
+                if newly_occupied {
+                    shard.channels.remove(channel);
+                }
+                let body = refuse("Invalid presence member", 400, "InvalidChannelData");
+                return sink.send(origin, channel, body);
+            };
+            let roster = entry.roster.get_or_insert_with(Roster::default);
+            let max = config.max_presence_members;
+            if !roster.contains(&member.user_id) && roster.len() >= max {
+                if newly_occupied {
+                    shard.channels.remove(channel);
+                }
+                let message = format!("Presence channel is full: at most {max} members");
+                let full = 4100; // over a limit, in the subscription_error shape of soketi
+                return sink.send(origin, channel, refuse(&message, full, "LimitReached"));
+            }
+            let user_id = member.user_id.clone();
+            if roster.join(member) {
+                if let Some(info) = roster.info(&user_id) {
+                    let added = codec::text_frame(&frame::member_added(channel, &user_id, info));
+                    entry.deliver(channel, added, Some(socket), sink);
+                }
+                sink.webhook(WebhookEvent::MemberAdded {
+                    channel: channel.into(),
+                    user_id: user_id.as_str().into(),
+                });
+            }
+            user = Some(user_id.into_boxed_str());
+        }
+        let mut frames = vec![entry.succeeded_frame(channel)];
+        entry.sockets.insert(
+            socket,
+            Subscriber {
+                node: node.clone(),
+                user,
+            },
+        );
+        entry.add_interest(&node);
+        if newly_occupied {
+            self.count_owned(1.0);
+            sink.webhook(WebhookEvent::ChannelOccupied {
+                channel: channel.into(),
+            });
+        }
+        if config.subscription_count && counted(kind) {
+            let now = Instant::now();
+            if entry.count_throttled(now) {
+                shard.count_pending.insert(channel.into());
+            } else {
+                shard.count_pending.remove(channel);
+                let count = entry.count_frame(channel, now, sink);
+                entry.deliver(channel, count.clone(), Some(socket), sink);
+                frames.push(count);
+            }
+        }
+        if kind.cache {
+            match shard.cache.get(channel) {
+                Some(cached) if cached.expires > Instant::now() => {
+                    frames.push(cached.frame.clone())
+                }
+                _ => {
+                    frames.push(codec::text_frame(&frame::cache_miss(channel)));
+                    sink.webhook(WebhookEvent::CacheMiss {
+                        channel: channel.into(),
+                    });
+                }
+            }
+        }
+        sink.send(origin, channel, answer(true, frames));
+    }
+
+    /// Removes a socket: `member_removed` on its user's last connection in the mesh,
+    /// `channel_vacated` when the channel empties.
+    fn unsubscribe(&self, channel: &str, socket: SocketId, sink: &mut dyn Sink) {
+        let config = self.config.get();
+        let mut shard = self.shard(channel);
+        let shard = &mut *shard;
+        let Entry::Occupied(mut entry) = shard.channels.entry(channel.into()) else {
+            return;
+        };
+        let state = entry.get_mut();
+        let Some(gone) = state.sockets.remove(&socket) else {
+            return;
+        };
+        state.remove_interest(&gone.node);
+        if let (Some(user_id), Some(roster)) = (gone.user, state.roster.as_mut()) {
+            if roster.leave(&user_id) {
+                let removed = codec::text_frame(&frame::member_removed(channel, &user_id));
+                state.deliver(channel, removed, None, sink);
+                sink.webhook(WebhookEvent::MemberRemoved {
+                    channel: channel.into(),
+                    user_id,
+                });
+            }
+        }
+        if state.sockets.is_empty() {
+            entry.remove();
+            shard.count_pending.remove(channel);
+            self.count_owned(-1.0);
+            sink.webhook(WebhookEvent::ChannelVacated {
+                channel: channel.into(),
+            });
+        } else if config.subscription_count && counted(ChannelKind::of(channel)) {
+            let now = Instant::now();
+            if state.count_throttled(now) {
+                shard.count_pending.insert(channel.into());
+            } else {
+                shard.count_pending.remove(channel);
+                let count = state.count_frame(channel, now, sink);
+                state.deliver(channel, count, None, sink);
+            }
+        }
+    }
+
+    /// Numbers the event and sends it once to every node with subscribers; on cache
+    /// channels it becomes the cached event.
+    fn publish(&self, origin: &str, channel: &str, publish: Publish, sink: &mut dyn Sink) {
+        let ttl = Duration::from_secs(self.config.get().cache_ttl_secs);
+        let mut shard = self.shard(channel);
+        if publish.cache && ChannelKind::of(channel).cache {
+            self.store_cache(
+                &mut shard,
+                channel,
+                publish.frame.clone(),
+                &publish.data,
+                ttl,
+            );
+        }
+        let stats = match shard.channels.get_mut(channel) {
+            Some(state) => {
+                state.deliver(channel, publish.frame, socket_of(publish.except), sink);
+                Some(state.stats())
+            }
+            None => None,
+        };
+        reply(origin, channel, publish.request_id, stats, sink);
+    }
+
+    fn query(&self, origin: &str, channel: &str, query: Query, sink: &mut dyn Sink) {
+        let shard = self.shard(channel);
+        let state = shard.channels.get(channel);
+        let users = match (query.users, state.and_then(|s| s.roster.as_ref())) {
+            (true, Some(roster)) => roster.members().map(|(id, _)| id.to_owned()).collect(),
+            _ => Vec::new(),
+        };
+        let now = Instant::now();
+        let cache = shard
+            .cache
+            .get(channel)
+            .filter(|c| c.expires > now)
+            .map(|c| mesh::CachedEvent {
+                data: c.data.to_string(),
+                ttl_secs: c.expires.saturating_duration_since(now).as_secs(),
+            });
+        let answer = Reply {
+            request_id: query.request_id,
+            stats: state.map(OwnedChannel::stats),
+            users,
+            cache,
+            ..Reply::default()
+        };
+        sink.send(origin, channel, Body::Reply(answer));
+    }
+
+    /// Asks every node with subscribers of `channel` to close them (terminate_connections
+    /// on a user's `#server-to-user-` channel).
+    fn close_sockets(&self, channel: &str, sink: &mut dyn Sink) -> ChannelStats {
+        let shard = self.shard(channel);
+        let Some(state) = shard.channels.get(channel) else {
+            return ChannelStats::default();
+        };
+        for (node, _) in &state.interest {
+            let close = CloseSockets {
+                code: ErrorCode::Unauthorized.as_u16().into(),
+                reason: "You got disconnected by the app.".into(),
+            };
+            sink.send(node, channel, Body::CloseSockets(close));
+        }
+        state.stats()
+    }
+
+    /// Sends the counts that changed while throttled, once their interval has passed.
+    pub fn flush_subscription_counts(&self, now: Instant, sink: &mut dyn Sink) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            if shard.count_pending.is_empty() {
+                continue;
+            }
+            let shard = &mut *shard;
+            let channels = &mut shard.channels;
+            shard
+                .count_pending
+                .retain(|name| match channels.get_mut(name) {
+                    Some(state) if state.count_throttled(now) => true,
+                    Some(state) => {
+                        let count = state.count_frame(name, now, sink);
+                        state.deliver(name, count, None, sink);
+                        false
+                    }
+                    None => false,
+                });
+        }
+    }
+
+    fn store_cache(
+        &self,
+        shard: &mut Shard,
+        channel: &str,
+        frame: Bytes,
+        data: &str,
+        ttl: Duration,
+    ) {
+        let now = Instant::now();
+        if shard.cache.len() >= self.cache_entries_per_shard && !shard.cache.contains_key(channel) {
+            shard.cache.retain(|_, c| c.expires > now);
+            if shard.cache.len() >= self.cache_entries_per_shard {
+                let oldest = shard
+                    .cache
+                    .iter()
+                    .min_by_key(|(_, c)| c.expires)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    shard.cache.remove(&oldest);
+                }
+            }
+        }
+        shard.cache.insert(
+            channel.into(),
+            CachedEvent {
+                frame,
+                data: data.into(),
+                expires: now + ttl,
+            },
+        );
+    }
+
+    /// Owned channels whose name starts with `prefix`, with their occupancy.
+    fn occupied(&self, prefix: &str) -> Vec<ChannelEntry> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, state) in &shard.channels {
+                if name.starts_with(prefix) {
+                    out.push(ChannelEntry {
+                        name: name.to_string(),
+                        stats: Some(state.stats()),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Answers a request that asked for one (`request_id` non-zero).
+fn reply(
+    origin: &str,
+    channel: &str,
+    request_id: u64,
+    stats: Option<ChannelStats>,
+    sink: &mut dyn Sink,
+) {
+    if request_id != 0 {
+        let answer = Reply {
+            request_id,
+            stats,
+            ..Reply::default()
+        };
+        sink.send(origin, channel, Body::Reply(answer));
+    }
+}

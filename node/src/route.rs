@@ -1,0 +1,479 @@
+//! Routing between this node's edge, the owners of channels and the mesh.
+//!
+//! An edge (a socket's session or an HTTP call) sends an owner-bound message with
+//! [`to_owner`] or [`begin`]: the ring of the current view names the owner; this node's own
+//! [`Owner`](crate::owner::Owner) handles it at once, any other goes over the owner's link.
+//! What an owner decides goes through [`Dispatch`]: to this node's hub directly, to other
+//! nodes over their links, in the order the owner decided it. Frames from links arrive in
+//! [`receive`]. Without `[mesh]` the node owns every channel, so a standalone node takes
+//! the same path without a single encoded message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use relaymesh_proto::codes::ErrorCode;
+use relaymesh_proto::mesh::envelope::Body;
+use relaymesh_proto::mesh::{reply, ChannelEntry, Envelope, ListChannels, Reply};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::app::App;
+use crate::edge::outbox::SocketId;
+use crate::owner::Sink;
+use crate::webhooks::WebhookEvent;
+use crate::{telemetry, Shared};
+
+/// How long an HTTP call waits for the owner's answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests waiting for an answer, node-wide; more are refused as busy.
+const REQUESTS_MAX: usize = 65_536;
+/// Forwards of one message; views that disagree for longer cannot bounce it forever.
+const HOPS_MAX: u32 = 2;
+/// How long a subscription waits for its owner before the client gets an error.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("the owner of the channel, node {0}, cannot be reached")]
+    Unreachable(String),
+    #[error("the mesh link to node {0} is full")]
+    Busy(String),
+    #[error("node {0} did not answer within {REPLY_TIMEOUT:?}")]
+    Timeout(String),
+    #[error("too many requests are waiting for channel owners")]
+    TooManyRequests,
+    #[error("node {0} does not know this app yet")]
+    UnknownApp(String),
+}
+
+/// A request's id → the node it waits for and where its answer goes.
+type Waiters = HashMap<u64, (Arc<str>, oneshot::Sender<Reply>)>;
+
+/// Requests of this node waiting for a [`Reply`].
+#[derive(Default)]
+pub struct Requests {
+    next: AtomicU64,
+    waiting: Mutex<Waiters>,
+}
+
+impl Requests {
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, node: &str) -> Result<(u64, oneshot::Receiver<Reply>), RouteError> {
+        let mut waiting = self.lock();
+        if waiting.len() >= REQUESTS_MAX {
+            return Err(RouteError::TooManyRequests);
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        waiting.insert(id, (node.into(), tx));
+        Ok((id, rx))
+    }
+
+    fn complete(&self, reply: Reply) {
+        if let Some((_, tx)) = self.lock().remove(&reply.request_id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    fn cancel(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Fails every request waiting for `node` (its link went down).
+    pub fn fail_node(&self, node: &str) {
+        self.lock()
+            .retain(|_, (waiting_for, _)| &**waiting_for != node);
+    }
+}
+
+/// Which node owns `channel`: `None` for this node.
+fn owner_of(shared: &Shared, app_id: &str, channel: &str) -> Option<String> {
+    // Without links this node is alone: it owns everything.
+    shared.config.mesh.listen?;
+    let view = shared.view.borrow();
+    match view.ring().owner(app_id, channel) {
+        Some(owner) if owner != shared.node_id => Some(owner.to_owned()),
+        _ => None,
+    }
+}
+
+fn envelope(shared: &Shared, origin: &str, app_id: &str, channel: &str, body: Body) -> Envelope {
+    Envelope {
+        view_version: shared.view.borrow().version,
+        origin: origin.to_owned(),
+        hops: 0,
+        app_id: app_id.to_owned(),
+        channel: channel.to_owned(),
+        body: Some(body),
+    }
+}
+
+fn dropped(peer: &str, reason: &'static str) {
+    metrics::counter!(telemetry::MESH_DROPPED, "peer" => peer.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// Queues one message on the link to `node`.
+fn send(shared: &Shared, node: &str, envelope: &Envelope) -> Result<(), RouteError> {
+    let Some(link) = shared.peers.link(node) else {
+        dropped(node, "no_link");
+        return Err(RouteError::Unreachable(node.to_owned()));
+    };
+    let frame = Bytes::from(envelope.encode_to_vec());
+    let len = frame.len() as u64;
+    link.try_send(frame).map_err(|e| {
+        dropped(node, "send_failed");
+        match e {
+            crate::mesh::link::LinkError::Full => RouteError::Busy(node.to_owned()),
+            _ => RouteError::Unreachable(node.to_owned()),
+        }
+    })?;
+    metrics::counter!(telemetry::MESH_FRAMES_OUT, "peer" => node.to_owned()).increment(1);
+    metrics::counter!(telemetry::MESH_BYTES_OUT, "peer" => node.to_owned()).increment(len);
+    Ok(())
+}
+
+/// Sends an owner-bound message about `channel` from this node's edge.
+pub fn to_owner(shared: &Shared, app: &App, channel: &str, body: Body) -> Result<(), RouteError> {
+    match owner_of(shared, &app.id, channel) {
+        None => {
+            owner_receive(shared, app, &shared.node_id, channel, body);
+            Ok(())
+        }
+        Some(node) => send(
+            shared,
+            &node,
+            &envelope(shared, &shared.node_id, &app.id, channel, body),
+        ),
+    }
+}
+
+/// A request sent to an owner, waiting for its answer.
+pub struct Waiting {
+    id: u64,
+    node: String,
+    answer: oneshot::Receiver<Reply>,
+    sent: Instant,
+    local: bool,
+}
+
+/// Sends a request (`make` gets its id) to the owner of `channel`; [`Waiting::answer`]
+/// waits for the reply. Several requests can be sent before waiting for any.
+pub fn begin(
+    shared: &Shared,
+    app: &App,
+    channel: &str,
+    make: impl FnOnce(u64) -> Body,
+) -> Result<Waiting, RouteError> {
+    let owner = owner_of(shared, &app.id, channel);
+    let node = owner.as_deref().unwrap_or(&shared.node_id);
+    let (id, answer) = shared.requests.register(node)?;
+    let waiting = Waiting {
+        id,
+        node: node.to_owned(),
+        answer,
+        sent: Instant::now(),
+        local: owner.is_none(),
+    };
+    if let Err(e) = to_owner(shared, app, channel, make(id)) {
+        shared.requests.cancel(id);
+        return Err(e);
+    }
+    Ok(waiting)
+}
+
+impl Waiting {
+    pub async fn answer(self, shared: &Shared) -> Result<Reply, RouteError> {
+        let reply = match tokio::time::timeout(REPLY_TIMEOUT, self.answer).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => return Err(RouteError::Unreachable(self.node)),
+            Err(_) => {
+                shared.requests.cancel(self.id);
+                return Err(RouteError::Timeout(self.node));
+            }
+        };
+        if reply.status == reply::Status::UnknownApp as i32 {
+            return Err(RouteError::UnknownApp(self.node));
+        }
+        let owner = if self.local { "local" } else { "remote" };
+        metrics::histogram!(telemetry::PUBLISH_TO_OWNER, "owner" => owner)
+            .record(self.sent.elapsed().as_secs_f64());
+        Ok(reply)
+    }
+}
+
+/// Sends a request to the owner of `channel` and waits for the answer.
+pub async fn request(
+    shared: &Shared,
+    app: &App,
+    channel: &str,
+    make: impl FnOnce(u64) -> Body,
+) -> Result<Reply, RouteError> {
+    begin(shared, app, channel, make)?.answer(shared).await
+}
+
+/// The occupied channels of `app` starting with `prefix`, gathered from every node (each
+/// answers for the channels it owns). Fails when a member of the view cannot be asked.
+pub async fn list_channels(
+    shared: &Shared,
+    app: &App,
+    prefix: &str,
+) -> Result<Vec<ChannelEntry>, RouteError> {
+    let mut nodes = vec![shared.node_id.clone()];
+    if shared.config.mesh.listen.is_some() {
+        let view = shared.view.borrow();
+        nodes.extend(
+            view.members
+                .keys()
+                .filter(|id| **id != shared.node_id)
+                .cloned(),
+        );
+    }
+    let mut asked = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let (id, answer) = shared.requests.register(&node)?;
+        let body = Body::ListChannels(ListChannels {
+            request_id: id,
+            prefix: prefix.to_owned(),
+        });
+        let local = node == shared.node_id;
+        if local {
+            owner_receive(shared, app, &shared.node_id, "", body);
+        } else if let Err(e) = send(
+            shared,
+            &node,
+            &envelope(shared, &shared.node_id, &app.id, "", body),
+        ) {
+            shared.requests.cancel(id);
+            return Err(e);
+        }
+        asked.push(Waiting {
+            id,
+            node,
+            answer,
+            sent: Instant::now(),
+            local,
+        });
+    }
+    let mut channels = Vec::new();
+    for waiting in asked {
+        channels.extend(waiting.answer(shared).await?.channels);
+    }
+    Ok(channels)
+}
+
+/// Where an owner's decisions go: this node's hub, or the link to another node.
+struct Dispatch<'a> {
+    shared: &'a Shared,
+    app: &'a App,
+}
+
+impl Sink for Dispatch<'_> {
+    fn send(&mut self, node: &str, channel: &str, body: Body) {
+        if node == self.shared.node_id {
+            edge_receive(self.shared, self.app, channel, body);
+        } else {
+            let envelope = envelope(
+                self.shared,
+                &self.shared.node_id,
+                &self.app.id,
+                channel,
+                body,
+            );
+            // A lost delivery is counted in `send`; the node recovers its interest when the
+            // link comes back (issue 6).
+            let _ = send(self.shared, node, &envelope);
+        }
+    }
+
+    fn webhook(&mut self, event: WebhookEvent) {
+        self.app.webhooks.raise(event);
+    }
+}
+
+fn owner_receive(shared: &Shared, app: &App, origin: &str, channel: &str, body: Body) {
+    let mut dispatch = Dispatch { shared, app };
+    app.owner.handle(origin, channel, body, &mut dispatch);
+}
+
+fn socket_id(socket: Option<relaymesh_proto::mesh::SocketRef>) -> Option<SocketId> {
+    socket.map(|s| SocketId {
+        node: s.node,
+        seq: s.seq,
+    })
+}
+
+/// An edge-bound message from an owner (this node's or another's).
+fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body) {
+    match body {
+        Body::Deliver(deliver) => {
+            let delivered = app
+                .hub
+                .deliver(channel, &deliver.frame, socket_id(deliver.except));
+            app.count_delivered(delivered);
+        }
+        Body::SubscribeResult(result) => {
+            if let Some(socket) = socket_id(result.socket) {
+                app.hub
+                    .complete(channel, socket, result.accepted, result.frames);
+            }
+        }
+        Body::Reply(reply) => shared.requests.complete(reply),
+        Body::CloseSockets(_) => {
+            let code = ErrorCode::Unauthorized.as_u16();
+            let closed =
+                app.hub
+                    .close_subscribers(channel, code, "You got disconnected by the app.");
+            for _ in 0..closed {
+                telemetry::count_error(Some(code), "terminated_by_app");
+            }
+        }
+        Body::Subscribe(_)
+        | Body::Unsubscribe(_)
+        | Body::Publish(_)
+        | Body::Query(_)
+        | Body::Terminate(_)
+        | Body::ListChannels(_) => {}
+    }
+}
+
+fn is_owner_bound(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::Subscribe(_)
+            | Body::Unsubscribe(_)
+            | Body::Publish(_)
+            | Body::Query(_)
+            | Body::Terminate(_)
+    )
+}
+
+fn request_id(body: &Body) -> u64 {
+    match body {
+        Body::Publish(p) => p.request_id,
+        Body::Query(q) => q.request_id,
+        Body::Terminate(t) => t.request_id,
+        Body::ListChannels(l) => l.request_id,
+        _ => 0,
+    }
+}
+
+/// One frame from the link to `peer`.
+pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
+    let mut envelope = match Envelope::decode(frame) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "undecodable mesh message");
+            return dropped(peer, "malformed");
+        }
+    };
+    let Some(body) = envelope.body.take() else {
+        return dropped(peer, "empty");
+    };
+    let Some(app) = shared.apps.by_id(&envelope.app_id) else {
+        dropped(peer, "unknown_app");
+        let id = request_id(&body);
+        if id != 0 {
+            let answer = Reply {
+                request_id: id,
+                status: reply::Status::UnknownApp as i32,
+                ..Reply::default()
+            };
+            let answer = self::envelope(
+                shared,
+                &shared.node_id,
+                &envelope.app_id,
+                "",
+                Body::Reply(answer),
+            );
+            let _ = send(shared, &envelope.origin, &answer);
+        }
+        return;
+    };
+    if matches!(body, Body::ListChannels(_)) {
+        return owner_receive(shared, &app, &envelope.origin, "", body);
+    }
+    if !is_owner_bound(&body) {
+        return edge_receive(shared, &app, &envelope.channel, body);
+    }
+    let newer_or_same = shared.view.borrow().version >= envelope.view_version;
+    if let Some(owner) = owner_of(shared, &app.id, &envelope.channel) {
+        if newer_or_same && envelope.hops < HOPS_MAX {
+            envelope.hops += 1;
+            envelope.body = Some(body);
+            metrics::counter!(telemetry::MESH_FORWARDED).increment(1);
+            // Unsent, the origin's request times out into an error.
+            let _ = send(shared, &owner, &envelope);
+            return;
+        }
+    }
+    owner_receive(shared, &app, &envelope.origin, &envelope.channel, body);
+}
+
+/// Whether this node can route: standalone, or active in its view with a live link to
+/// every other active member.
+pub fn mesh_complete(shared: &Shared) -> bool {
+    if shared.config.control_plane.endpoint.is_none() {
+        return true;
+    }
+    let view = shared.view.borrow();
+    let active = relaymesh_proto::control::NodeState::Active as i32;
+    let Some(me) = view.members.get(&shared.node_id) else {
+        return false;
+    };
+    if me.state != active {
+        return false;
+    }
+    if shared.config.mesh.listen.is_none() {
+        return true;
+    }
+    view.members
+        .iter()
+        .filter(|(id, m)| **id != shared.node_id && m.state == active)
+        .all(|(id, _)| shared.peers.link(id).is_some())
+}
+
+/// Once a second: sends throttled subscription counts and fails subscriptions whose owner
+/// did not answer. Ends with the node.
+pub fn spawn_ticker(shared: Weak<Shared>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            for app in shared.apps.all() {
+                tick_app(&shared, &app);
+            }
+        }
+    });
+}
+
+fn tick_app(shared: &Shared, app: &App) {
+    let now = Instant::now();
+    if app.config().subscription_count {
+        let mut dispatch = Dispatch { shared, app };
+        app.owner.flush_subscription_counts(now, &mut dispatch);
+    }
+    for expired in app.hub.expire_pending(now, SUBSCRIBE_TIMEOUT) {
+        telemetry::count_error(Some(503), "owner_did_not_answer");
+        let text = relaymesh_proto::frame::subscription_error(
+            &expired.channel,
+            "ServiceUnavailable",
+            "The channel's owner node did not answer; subscribe again",
+            503,
+        );
+        expired.conn.push_text(&text);
+        let socket = Some(expired.conn.socket_id.into());
+        let unsubscribe = Body::Unsubscribe(relaymesh_proto::mesh::Unsubscribe { socket });
+        let _ = to_owner(shared, app, &expired.channel, unsubscribe);
+    }
+}
