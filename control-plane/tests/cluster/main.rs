@@ -12,4 +12,5 @@ mod lease;
 mod mesh;
 mod ops;
 mod restart;
+mod routing;
 mod watch;

@@ -19,7 +19,11 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else if !shared.is_ready() {
-        (StatusCode::SERVICE_UNAVAILABLE, "joining the cluster\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not active in the cluster or not linked to every active member\n",
+        )
+            .into_response()
     } else {
         "ready\n".into_response()
     }
