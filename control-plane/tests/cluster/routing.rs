@@ -541,3 +541,44 @@ async fn a_publish_to_an_unreachable_owner_is_an_error() {
     assert_eq!(b.readyz().await, 200);
     cluster.shutdown().await;
 }
+
+/// A message that reaches a node which does not own the channel in its (newer) view is
+/// passed on to the owner it knows.
+#[tokio::test]
+async fn a_message_for_another_owner_is_forwarded() {
+    use prost::Message as _;
+    use relaymesh_proto::mesh::envelope::Body;
+    use relaymesh_proto::mesh::{Envelope, Publish};
+
+    let cluster = Cluster::start(MeshTransport::Quic, |_| {}).await;
+    let channel = owned_by("a", "forwarded-");
+    let mut on_a = cluster.node("a").connect(KEY).await;
+    subscribe_public(&mut on_a, &channel).await;
+    let text = format!(r#"{{"event":"moved","channel":"{channel}","data":"via c"}}"#);
+    // As if b, with an older view that named c the owner, sent it to c.
+    let envelope = Envelope {
+        view_version: 0,
+        origin: "b".into(),
+        hops: 0,
+        app_id: APP.into(),
+        channel: channel.clone(),
+        body: Some(Body::Publish(Publish {
+            frame: relaymesh_node::edge::ws::codec::text_frame(&text),
+            ..Publish::default()
+        })),
+    };
+    let c = cluster.node("c");
+    relaymesh_node::route::receive(c.handle.shared(), "b", envelope.encode_to_vec().into());
+    assert_eq!(expect_event(&mut on_a, "moved").await.data, "via c");
+    let metrics = reqwest::get(format!("http://{}/metrics", c.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("relaymesh_mesh_forwarded_total"),
+        "{metrics}"
+    );
+    cluster.shutdown().await;
+}

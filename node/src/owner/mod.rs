@@ -572,3 +572,213 @@ fn reply(
         sink.send(origin, channel, Body::Reply(answer));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AppConfig;
+    use relaymesh_proto::mesh::{Subscribe, Unsubscribe};
+
+    #[derive(Default)]
+    struct Recorded {
+        sent: Vec<(String, String, Body)>,
+        webhooks: Vec<WebhookEvent>,
+    }
+
+    impl Sink for Recorded {
+        fn send(&mut self, node: &str, channel: &str, body: Body) {
+            self.sent.push((node.into(), channel.into(), body));
+        }
+        fn webhook(&mut self, event: WebhookEvent) {
+            self.webhooks.push(event);
+        }
+    }
+
+    impl Recorded {
+        fn take(&mut self) -> Recorded {
+            std::mem::take(self)
+        }
+
+        /// The frames delivered to each node, as text.
+        fn delivered(&self) -> Vec<(String, String)> {
+            self.sent
+                .iter()
+                .filter_map(|(node, _, body)| match body {
+                    Body::Deliver(d) => Some((node.clone(), frame_text(&d.frame))),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn result(&self) -> (bool, Vec<String>) {
+            self.sent
+                .iter()
+                .find_map(|(_, _, body)| match body {
+                    Body::SubscribeResult(r) => {
+                        Some((r.accepted, r.frames.iter().map(|f| frame_text(f)).collect()))
+                    }
+                    _ => None,
+                })
+                .expect("a subscribe result")
+        }
+
+        fn webhook_names(&self) -> Vec<String> {
+            self.webhooks
+                .iter()
+                .map(|w| {
+                    let json = serde_json::to_value(w).unwrap();
+                    format!("{}", json["name"].as_str().unwrap_or("?"))
+                })
+                .collect()
+        }
+    }
+
+    /// The text of a server frame (unmasked, short payloads in these tests).
+    fn frame_text(frame: &Bytes) -> String {
+        let start = match frame[1] & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        String::from_utf8(frame[start..].to_vec()).unwrap()
+    }
+
+    fn owner(max_members: usize) -> Owner {
+        let config = AppConfig {
+            max_presence_members: max_members,
+            ..AppConfig::development()
+        };
+        Owner::new("app-id".into(), SharedAppConfig::new(config), 100)
+    }
+
+    fn socket(seq: u64) -> SocketId {
+        SocketId { node: 1, seq }
+    }
+
+    fn join(owner: &Owner, node: &str, channel: &str, seq: u64, user: Option<&str>) -> Recorded {
+        let mut sink = Recorded::default();
+        let member = user.map(|id| mesh::Member {
+            user_id: id.into(),
+            info: Bytes::new(),
+        });
+        let body = Body::Subscribe(Subscribe {
+            socket: Some(socket(seq).into()),
+            member,
+        });
+        owner.handle(node, channel, body, &mut sink);
+        sink
+    }
+
+    fn leave(owner: &Owner, channel: &str, seq: u64) -> Recorded {
+        let mut sink = Recorded::default();
+        let body = Body::Unsubscribe(Unsubscribe {
+            socket: Some(socket(seq).into()),
+        });
+        owner.handle("any", channel, body, &mut sink);
+        sink
+    }
+
+    #[test]
+    fn presence_events_fire_once_per_user_across_nodes() {
+        let owner = owner(100);
+        let room = "presence-room";
+        let first = join(&owner, "a", room, 1, Some("u1"));
+        assert_eq!(first.result().0, true);
+        assert!(
+            first.result().1[0].contains(r#"\"ids\":[\"u1\"]"#),
+            "{:?}",
+            first.result()
+        );
+        assert_eq!(first.webhook_names(), ["member_added", "channel_occupied"]);
+
+        // The same user on another node: no member_added, no webhook.
+        let again = join(&owner, "b", room, 2, Some("u1"));
+        assert!(again.delivered().is_empty());
+        assert!(again.webhooks.is_empty());
+
+        // A new user: member_added once to each node with subscribers.
+        let second = join(&owner, "b", room, 3, Some("u2"));
+        let delivered = second.delivered();
+        assert_eq!(delivered.len(), 2, "{delivered:?}");
+        assert!(delivered
+            .iter()
+            .all(|(_, f)| f.contains("member_added") && f.contains("u2")));
+        let nodes: Vec<&str> = delivered.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(nodes, ["a", "b"]);
+
+        // u1 leaves on a but stays on b: nothing; a has no subscriber left.
+        let gone = leave(&owner, room, 1);
+        assert!(gone.delivered().is_empty() && gone.webhooks.is_empty());
+        let last = leave(&owner, room, 2);
+        assert_eq!(
+            last.delivered(),
+            [("b".to_owned(), last.delivered()[0].1.clone())]
+        );
+        assert!(last.delivered()[0].1.contains("member_removed"));
+        assert_eq!(last.webhook_names(), ["member_removed"]);
+        assert_eq!(
+            leave(&owner, room, 3).webhook_names(),
+            ["member_removed", "channel_vacated"]
+        );
+    }
+
+    #[test]
+    fn publish_is_numbered_and_sent_once_per_interested_node() {
+        let owner = owner(100);
+        for (node, seq) in [("a", 1), ("a", 2), ("b", 3)] {
+            join(&owner, node, "news", seq, None);
+        }
+        let mut sink = Recorded::default();
+        for _ in 0..2 {
+            let publish = Publish {
+                request_id: 7,
+                frame: codec::text_frame("{}"),
+                ..Publish::default()
+            };
+            owner.handle("c", "news", Body::Publish(publish), &mut sink);
+        }
+        let sent = sink.take().sent;
+        let seqs: Vec<(String, u64)> = sent
+            .iter()
+            .filter_map(|(n, _, b)| match b {
+                Body::Deliver(d) => Some((n.clone(), d.seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            [
+                ("a".into(), 1),
+                ("b".into(), 1),
+                ("a".into(), 2),
+                ("b".into(), 2)
+            ]
+        );
+        let replies: Vec<(String, u32)> = sent
+            .iter()
+            .filter_map(|(n, _, b)| match b {
+                Body::Reply(r) => Some((n.clone(), r.stats.unwrap().subscription_count)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies, [("c".into(), 3), ("c".into(), 3)]);
+    }
+
+    #[test]
+    fn a_full_channel_refuses_and_a_repeat_changes_nothing() {
+        let owner = owner(1);
+        join(&owner, "a", "presence-x", 1, Some("u1"));
+        let full = join(&owner, "b", "presence-x", 2, Some("u2"));
+        let (accepted, frames) = full.result();
+        assert!(!accepted);
+        assert!(frames[0].contains("subscription_error") && frames[0].contains("4100"));
+        // The same user may still open more connections.
+        assert!(join(&owner, "b", "presence-x", 3, Some("u1")).result().0);
+        // A repeated subscription is answered again without events.
+        let repeat = join(&owner, "a", "presence-x", 1, Some("u1"));
+        assert!(repeat.result().0 && repeat.delivered().is_empty() && repeat.webhooks.is_empty());
+        // Unknown sockets leave without effect.
+        let unknown = leave(&owner, "presence-x", 2);
+        assert!(unknown.sent.is_empty() && unknown.webhooks.is_empty());
+    }
+}
