@@ -47,8 +47,9 @@ pub struct App {
     /// Live connections, for the quota and for closing them all on shutdown.
     connections: Mutex<HashMap<SocketId, Arc<Conn>>>,
     connection_count: AtomicUsize,
-    /// Signed-in users → their connections, for server-to-user events and termination.
-    users: Mutex<HashMap<Box<str>, Vec<Arc<Conn>>>>,
+    /// Signed-in users of this node → their connection count, for watchlist events.
+    /// (Server-to-user events and termination reach users through their channel's owner.)
+    users: Mutex<HashMap<Box<str>, usize>>,
     /// Watched user id → the connections whose watchlist names it.
     watchers: Mutex<HashMap<Box<str>, Vec<Arc<Conn>>>>,
 }
@@ -152,12 +153,12 @@ impl App {
     }
 
     /// Records a signed-in connection; the user's first connection brings it online.
-    pub fn sign_in(&self, user_id: &str, conn: &Arc<Conn>) {
+    pub fn sign_in(&self, user_id: &str) {
         let first = {
             let mut users = lock(&self.users);
             let conns = users.entry(user_id.into()).or_default();
-            conns.push(conn.clone());
-            conns.len() == 1
+            *conns += 1;
+            *conns == 1
         };
         if first {
             self.tell_watchers(user_id, true);
@@ -165,14 +166,14 @@ impl App {
     }
 
     /// Forgets a signed-in connection; the user's last connection takes it offline.
-    pub fn sign_out(&self, user_id: &str, socket: SocketId) {
+    pub fn sign_out(&self, user_id: &str) {
         let last = {
             let mut users = lock(&self.users);
             let Some(conns) = users.get_mut(user_id) else {
                 return;
             };
-            conns.retain(|c| c.socket_id != socket);
-            let last = conns.is_empty();
+            *conns -= 1;
+            let last = *conns == 0;
             if last {
                 users.remove(user_id);
             }
@@ -237,11 +238,6 @@ impl App {
                 }
             }
         }
-    }
-
-    /// The connections signed in as `user_id`.
-    pub fn user_connections(&self, user_id: &str) -> Vec<Arc<Conn>> {
-        lock(&self.users).get(user_id).cloned().unwrap_or_default()
     }
 }
 

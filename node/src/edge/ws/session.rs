@@ -383,7 +383,7 @@ impl Session {
             self.app.unwatch(&watchlist, self.conn.socket_id);
             return self.error(None, &e.to_string(), None, "owner_unreachable");
         }
-        self.app.sign_in(&user.id, &self.conn);
+        self.app.sign_in(&user.id);
         self.user = Some(Box::new(SignedIn {
             id: user.id.into(),
             info: user.user_info,
@@ -493,7 +493,7 @@ impl Session {
         if let Some(user) = self.user.take() {
             self.leave_owner(&user_channel(&user.id));
             self.app.unwatch(&user.watchlist, self.conn.socket_id);
-            self.app.sign_out(&user.id, self.conn.socket_id);
+            self.app.sign_out(&user.id);
         }
         self.app.release(self.conn.socket_id);
     }
