@@ -615,7 +615,7 @@ mod tests {
                 .iter()
                 .find_map(|(_, _, body)| match body {
                     Body::SubscribeResult(r) => {
-                        Some((r.accepted, r.frames.iter().map(|f| frame_text(f)).collect()))
+                        Some((r.accepted, r.frames.iter().map(frame_text).collect()))
                     }
                     _ => None,
                 })
@@ -627,7 +627,7 @@ mod tests {
                 .iter()
                 .map(|w| {
                     let json = serde_json::to_value(w).unwrap();
-                    format!("{}", json["name"].as_str().unwrap_or("?"))
+                    json["name"].as_str().unwrap_or("?").to_owned()
                 })
                 .collect()
         }
@@ -683,7 +683,7 @@ mod tests {
         let owner = owner(100);
         let room = "presence-room";
         let first = join(&owner, "a", room, 1, Some("u1"));
-        assert_eq!(first.result().0, true);
+        assert!(first.result().0);
         assert!(
             first.result().1[0].contains(r#"\"ids\":[\"u1\"]"#),
             "{:?}",
