@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 use relaymesh_proto::codes::ErrorCode;
+use relaymesh_proto::control::NodeState;
 use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::{reply, ChannelEntry, Envelope, ListChannels, Reply};
 use thiserror::Error;
@@ -228,12 +229,15 @@ pub async fn list_channels(
 ) -> Result<Vec<ChannelEntry>, RouteError> {
     let mut nodes = vec![shared.node_id.clone()];
     if shared.config.mesh.listen.is_some() {
+        // Active members own channels; draining ones may still hold theirs. Joining
+        // members own nothing yet.
+        let holders = [NodeState::Active as i32, NodeState::Draining as i32];
         let view = shared.view.borrow();
         nodes.extend(
             view.members
-                .keys()
-                .filter(|id| **id != shared.node_id)
-                .cloned(),
+                .iter()
+                .filter(|(id, m)| **id != shared.node_id && holders.contains(&m.state))
+                .map(|(id, _)| id.clone()),
         );
     }
     let mut asked = Vec::with_capacity(nodes.len());
@@ -424,7 +428,7 @@ pub fn mesh_complete(shared: &Shared) -> bool {
         return true;
     }
     let view = shared.view.borrow();
-    let active = relaymesh_proto::control::NodeState::Active as i32;
+    let active = NodeState::Active as i32;
     let Some(me) = view.members.get(&shared.node_id) else {
         return false;
     };
