@@ -11,11 +11,10 @@ use relaymesh_proto::codes::ErrorCode;
 use relaymesh_proto::frame::{
     self, ClientFrame, PresenceMember, SigninData, SubscribeData, UnsubscribeData,
 };
-use relaymesh_proto::signing;
-use serde_json::value::RawValue;
-
 use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::{self, Publish, Subscribe, Unsubscribe};
+use relaymesh_proto::signing;
+use serde_json::value::RawValue;
 
 use crate::app::App;
 use crate::edge::outbox::Conn;
