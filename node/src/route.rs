@@ -49,6 +49,8 @@ pub enum RouteError {
     TooManyRequests,
     #[error("node {0} does not know this app yet")]
     UnknownApp(String),
+    #[error("this node has not joined its cluster yet")]
+    NotInCluster,
 }
 
 /// A request's id → the node it waits for and where its answer goes.
@@ -95,13 +97,17 @@ impl Requests {
 }
 
 /// Which node owns `channel`: `None` for this node.
-fn owner_of(shared: &Shared, app_id: &str, channel: &str) -> Option<String> {
+fn owner_of(shared: &Shared, app_id: &str, channel: &str) -> Result<Option<String>, RouteError> {
     // Without links this node is alone: it owns everything.
-    shared.config.mesh.listen?;
+    if shared.config.mesh.listen.is_none() {
+        return Ok(None);
+    }
     let view = shared.view.borrow();
+    // Before its first view, or while no member is active yet, there is no owner.
     match view.ring().owner(app_id, channel) {
-        Some(owner) if owner != shared.node_id => Some(owner.to_owned()),
-        _ => None,
+        None => Err(RouteError::NotInCluster),
+        Some(owner) if owner == shared.node_id => Ok(None),
+        Some(owner) => Ok(Some(owner.to_owned())),
     }
 }
 
@@ -143,7 +149,7 @@ fn send(shared: &Shared, node: &str, envelope: &Envelope) -> Result<(), RouteErr
 
 /// Sends an owner-bound message about `channel` from this node's edge.
 pub fn to_owner(shared: &Shared, app: &App, channel: &str, body: Body) -> Result<(), RouteError> {
-    match owner_of(shared, &app.id, channel) {
+    match owner_of(shared, &app.id, channel)? {
         None => {
             owner_receive(shared, app, &shared.node_id, channel, body);
             Ok(())
@@ -173,7 +179,7 @@ pub fn begin(
     channel: &str,
     make: impl FnOnce(u64) -> Body,
 ) -> Result<Waiting, RouteError> {
-    let owner = owner_of(shared, &app.id, channel);
+    let owner = owner_of(shared, &app.id, channel)?;
     let node = owner.as_deref().unwrap_or(&shared.node_id);
     let (id, answer) = shared.requests.register(node)?;
     let waiting = Waiting {
@@ -229,6 +235,9 @@ pub async fn list_channels(
 ) -> Result<Vec<ChannelEntry>, RouteError> {
     let mut nodes = vec![shared.node_id.clone()];
     if shared.config.mesh.listen.is_some() {
+        if shared.view.borrow().ring().is_empty() {
+            return Err(RouteError::NotInCluster);
+        }
         // Active members own channels; draining ones may still hold theirs. Joining
         // members own nothing yet.
         let holders = [NodeState::Active as i32, NodeState::Draining as i32];
@@ -408,7 +417,7 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
         return edge_receive(shared, &app, &envelope.channel, body);
     }
     let newer_or_same = shared.view.borrow().version >= envelope.view_version;
-    if let Some(owner) = owner_of(shared, &app.id, &envelope.channel) {
+    if let Ok(Some(owner)) = owner_of(shared, &app.id, &envelope.channel) {
         if newer_or_same && envelope.hops < HOPS_MAX {
             envelope.hops += 1;
             envelope.body = Some(body);
@@ -459,6 +468,22 @@ pub fn spawn_ticker(shared: Weak<Shared>) {
             }
         }
     });
+}
+
+/// Sends the subscriptions whose owner could not be reached again (on every tick and
+/// when a link comes up).
+pub fn retry_unsent(shared: &Shared) {
+    for app in shared.apps.all() {
+        for unsent in app.hub.take_unsent() {
+            let body = Body::Subscribe(relaymesh_proto::mesh::Subscribe {
+                socket: Some(unsent.socket.into()),
+                member: unsent.member,
+            });
+            if to_owner(shared, &app, &unsent.channel, body).is_err() {
+                app.hub.mark_unsent(&unsent.channel, unsent.socket);
+            }
+        }
+    }
 }
 
 fn tick_app(shared: &Shared, app: &App) {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use relaymesh_proto::mesh::Member;
 
 use crate::edge::outbox::{Conn, Pushed, SocketId};
 
@@ -24,6 +25,16 @@ struct Pending {
     since: Instant,
     /// Sent instead of the owner's frames on acceptance (a sign-in's `signin_success`).
     on_accept: Option<Vec<Bytes>>,
+    member: Option<Member>,
+    /// The owner could not be reached yet: to be sent again.
+    unsent: bool,
+}
+
+/// A subscription to send (again) to its owner.
+pub struct Unsent {
+    pub channel: Box<str>,
+    pub socket: SocketId,
+    pub member: Option<Member>,
 }
 
 #[derive(Default)]
@@ -69,9 +80,15 @@ impl Hub {
             .set(now as f64);
     }
 
-    /// Records a subscription sent to the owner. A socket already subscribed stays
-    /// subscribed (a repeated subscribe only gets the owner's answer again).
-    pub fn begin(&self, channel: &str, conn: &Arc<Conn>, on_accept: Option<Vec<Bytes>>) {
+    /// Records a subscription about to be sent to the owner. A socket already subscribed
+    /// stays subscribed (a repeated subscribe only gets the owner's answer again).
+    pub fn begin(
+        &self,
+        channel: &str,
+        conn: &Arc<Conn>,
+        member: Option<Member>,
+        on_accept: Option<Vec<Bytes>>,
+    ) {
         let mut shard = self.shard(channel);
         let entry = shard.entry(channel.into()).or_default();
         if entry.subscribers.contains_key(&conn.socket_id) {
@@ -81,8 +98,41 @@ impl Hub {
             conn: conn.clone(),
             since: Instant::now(),
             on_accept,
+            member,
+            unsent: false,
         };
         entry.pending.insert(conn.socket_id, pending);
+    }
+
+    /// The owner of a pending subscription could not be reached: it is sent again by
+    /// [`Hub::take_unsent`]'s caller.
+    pub fn mark_unsent(&self, channel: &str, socket: SocketId) {
+        if let Some(pending) = self
+            .shard(channel)
+            .get_mut(channel)
+            .and_then(|c| c.pending.get_mut(&socket))
+        {
+            pending.unsent = true;
+        }
+    }
+
+    /// The subscriptions still to be sent to their owners (now marked as sent).
+    pub fn take_unsent(&self) -> Vec<Unsent> {
+        let mut unsent = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, channel) in shard.iter_mut() {
+                for (socket, pending) in channel.pending.iter_mut().filter(|(_, p)| p.unsent) {
+                    pending.unsent = false;
+                    unsent.push(Unsent {
+                        channel: name.clone(),
+                        socket: *socket,
+                        member: pending.member.clone(),
+                    });
+                }
+            }
+        }
+        unsent
     }
 
     /// The owner answered a subscription: the socket gets the answer's frames and, when

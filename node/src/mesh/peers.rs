@@ -14,12 +14,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::endpoint::Endpoint;
-use super::link::{Link, LinkSender};
+use super::link::{Link, LinkError, LinkSender};
 use crate::telemetry;
 use crate::Shared;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A dial that takes longer is abandoned, so the next attempt reads the peer's address
+/// again (a restarted peer has a new one; QUIC would wait out its 30 s idle timeout).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often links are checked against the view even without a view change.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
@@ -109,6 +112,7 @@ fn adopt(shared: &Arc<Shared>, link: Link) {
     tracing::info!(peer, "mesh link up");
     set_up(&peer, true);
     shared.peers.lock().insert(peer.clone(), sender.clone());
+    crate::route::retry_unsent(shared);
     let shared = shared.clone();
     tokio::spawn(async move {
         while let Some(frame) = inbound.recv().await {
@@ -196,7 +200,9 @@ async fn dial(
                 return;
             }
         };
-        match endpoint.connect(addr).await {
+        let attempt = tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr)).await;
+        let attempt = attempt.unwrap_or_else(|_| Err(LinkError::transport("timed out")));
+        match attempt {
             Ok(link) if link.peer() == peer => {
                 metrics::counter!(telemetry::MESH_DIALS, "result" => "ok").increment(1);
                 let _ = dialed.send(link).await;

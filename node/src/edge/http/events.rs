@@ -227,13 +227,12 @@ pub async fn batch_events(
         .into_iter()
         .map(|item| validate(item, &signed.app))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut waiting = Vec::with_capacity(events.len());
-    for event in &events {
-        waiting.push(send(&shared, &signed.app, event)?);
-    }
+    // One event after the other: a batch's channels may have different owners, and its
+    // events must arrive in the batch's order.
     let mut stats = Vec::with_capacity(events.len());
-    for w in waiting {
-        stats.push(accepted(&shared, w).await?);
+    for event in &events {
+        let waiting = send(&shared, &signed.app, event)?;
+        stats.push(accepted(&shared, waiting).await?);
     }
     if events.iter().all(|e| e.info.is_empty()) {
         return Ok(json(&serde_json::json!({})));

@@ -54,7 +54,8 @@ impl From<crate::route::RouteError> for ApiError {
             RouteError::Unreachable(_)
             | RouteError::Busy(_)
             | RouteError::TooManyRequests
-            | RouteError::UnknownApp(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | RouteError::UnknownApp(_)
+            | RouteError::NotInCluster => StatusCode::SERVICE_UNAVAILABLE,
         };
         crate::telemetry::count_error(Some(status.as_u16()), "owner_unavailable");
         ApiError::new(status, e.to_string())

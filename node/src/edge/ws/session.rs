@@ -225,15 +225,7 @@ impl Session {
                     .map(|i| bytes::Bytes::copy_from_slice(i.get().as_bytes()))
                     .unwrap_or_default(),
             });
-            if let Err(e) = self.join(name, member, None) {
-                return self.subscription_error(
-                    name,
-                    "ServiceUnavailable",
-                    &e.to_string(),
-                    503,
-                    "owner_unreachable",
-                );
-            }
+            self.join(name, member, None);
         }
         if !repeated {
             self.subscriptions.insert(name.into(), user_id);
@@ -242,21 +234,26 @@ impl Session {
     }
 
     /// Asks the channel's owner to add this socket; the hub holds it as pending until the
-    /// answer (or sends `on_accept` instead of the owner's frames).
+    /// answer (or sends `on_accept` instead of the owner's frames). An owner that cannot
+    /// be reached yet is asked again until the subscription times out (`route.rs`).
     fn join(
         &self,
         channel: &str,
         member: Option<mesh::Member>,
         on_accept: Option<Vec<bytes::Bytes>>,
-    ) -> Result<(), route::RouteError> {
-        self.app.hub.begin(channel, &self.conn, on_accept);
+    ) {
+        let socket = self.conn.socket_id;
+        self.app
+            .hub
+            .begin(channel, &self.conn, member.clone(), on_accept);
         let body = Body::Subscribe(Subscribe {
-            socket: Some(self.conn.socket_id.into()),
+            socket: Some(socket.into()),
             member,
         });
-        route::to_owner(&self.shared, &self.app, channel, body).inspect_err(|_| {
-            self.app.hub.unsubscribe(channel, self.conn.socket_id);
-        })
+        if let Err(e) = route::to_owner(&self.shared, &self.app, channel, body) {
+            tracing::debug!(channel, error = %e, "subscription waits for its owner");
+            self.app.hub.mark_unsent(channel, socket);
+        }
     }
 
     /// Takes this socket off `channel` here and at its owner.
@@ -378,10 +375,7 @@ impl Session {
         }
         // signin_success waits for the owner of the user's channel, so a server-to-user
         // event sent after it reaches this socket on any node.
-        if let Err(e) = self.join(&user_channel(&user.id), None, Some(answer)) {
-            self.app.unwatch(&watchlist, self.conn.socket_id);
-            return self.error(None, &e.to_string(), None, "owner_unreachable");
-        }
+        self.join(&user_channel(&user.id), None, Some(answer));
         self.app.sign_in(&user.id);
         self.user = Some(Box::new(SignedIn {
             id: user.id.into(),

@@ -6,8 +6,12 @@
 // - runs a tiny local auth endpoint that signs with the library's own helpers,
 // - records every frame a client receives so that failures can show what the server actually sent,
 // - tears everything down (clients, auth servers, server process) after every test.
+//
+// Cluster mode (RELAYMESH_COMPAT_CLUSTER=N, e.g. 3): every test's server is a real cluster instead
+// of one node: a `relaymesh-control` control plane and N `relaymesh-node` processes joined by mesh
+// links (RelaymeshCluster below). Clients are spread over the nodes; see README.md.
 
-const { spawn } = require('node:child_process');
+const { spawn, execFile } = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
 const net = require('node:net');
@@ -23,6 +27,27 @@ const BIN = path.resolve(
   COMPAT_DIR,
   process.env.RELAYMESH_NODE_BIN || path.join('..', '..', '..', 'target', 'debug', 'relaymesh-node'),
 );
+const CONTROL_BIN = path.resolve(
+  COMPAT_DIR,
+  process.env.RELAYMESH_CONTROL_BIN || path.join('..', '..', '..', 'target', 'debug', 'relaymesh-control'),
+);
+
+/** Number of nodes per test server: 0 = single-node mode (the default), N = an N-node cluster. */
+const CLUSTER_SIZE = (() => {
+  const v = (process.env.RELAYMESH_COMPAT_CLUSTER || '').trim();
+  if (v === '' || v === '0') return 0;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 26) {
+    throw new Error(`RELAYMESH_COMPAT_CLUSTER must be a node count from 1 to 26, got ${JSON.stringify(v)}`);
+  }
+  return n;
+})();
+/** Mesh transport of cluster mode: quic (default) or grpc. */
+const MESH_TRANSPORT = (() => {
+  const v = (process.env.RELAYMESH_COMPAT_TRANSPORT || 'quic').trim();
+  if (v !== 'quic' && v !== 'grpc') throw new Error(`RELAYMESH_COMPAT_TRANSPORT must be quic or grpc, got ${JSON.stringify(v)}`);
+  return v;
+})();
 
 const DEFAULT_APP = Object.freeze({
   id: 'app-id',
@@ -34,6 +59,10 @@ const DEFAULT_APP = Object.freeze({
 });
 
 const STARTUP_TIMEOUT_MS = 15000;
+const CLUSTER_READY_TIMEOUT_MS = 20000;
+// After a restart: shorter than the 20 s tests give pusher-js to come back (test 08), so that a
+// cluster that does not recover fails with its own message rather than with the test's timeout.
+const CLUSTER_RESTART_READY_TIMEOUT_MS = 15000;
 const DEFAULT_TIMEOUT_MS = 5000;
 
 // ---------------------------------------------------------------------------------------------
@@ -70,19 +99,108 @@ function tomlString(s) {
   return JSON.stringify(String(s)); // JSON string escapes are valid TOML basic-string escapes
 }
 
+function tomlKeyValue(k, v) {
+  if (typeof v === 'string') return `${k} = ${tomlString(v)}`;
+  if (typeof v === 'boolean' || typeof v === 'number') return `${k} = ${v}`;
+  if (Array.isArray(v)) return `${k} = [${v.map(tomlString).join(', ')}]`;
+  throw new Error(`unsupported config value for ${k}`);
+}
+
 function appToToml(app) {
   const lines = ['[[apps]]'];
   for (const [k, v] of Object.entries(app)) {
     if (v === undefined || v === null) continue;
-    if (typeof v === 'string') lines.push(`${k} = ${tomlString(v)}`);
-    else if (typeof v === 'boolean' || typeof v === 'number') lines.push(`${k} = ${v}`);
-    else if (Array.isArray(v)) lines.push(`${k} = [${v.map(tomlString).join(', ')}]`);
-    else throw new Error(`unsupported config value for ${k}`);
+    lines.push(tomlKeyValue(k, v));
   }
   return lines.join('\n') + '\n';
 }
 
+const TOML_TABLE_HEADER = /^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$/; // [table], not [[array]]
+const TOML_ANY_HEADER = /^\s*\[/;
+const TOML_KEY = /^\s*([A-Za-z0-9_-]+)\s*=/;
+
+/**
+ * The node's config file: `extraToml` (the test's top-level keys first, then its own tables), the
+ * `[[apps]]`, then the harness's `tables` ({ name: { key: value } }, cluster mode only). A table the
+ * test already has (e.g. `[control_plane]` or `[mesh]`) is not repeated, which TOML forbids: the
+ * harness's keys are added to it, except the keys the test sets itself (the test wins).
+ */
+function composeToml(extraToml, apps, tables = {}) {
+  let text = extraToml || '';
+  const pending = new Map(Object.entries(tables));
+  if (pending.size) {
+    const lines = text.split('\n');
+    const out = [];
+    for (let i = 0; i < lines.length; i++) {
+      out.push(lines[i]);
+      const m = TOML_TABLE_HEADER.exec(lines[i]);
+      if (!m || !pending.has(m[1])) continue;
+      let end = i + 1;
+      while (end < lines.length && !TOML_ANY_HEADER.test(lines[end])) end++;
+      const own = new Set(lines.slice(i + 1, end).map((l) => TOML_KEY.exec(l)).filter(Boolean).map((k) => k[1]));
+      for (const [k, v] of Object.entries(pending.get(m[1]))) if (!own.has(k)) out.push(tomlKeyValue(k, v));
+      pending.delete(m[1]);
+    }
+    text = out.join('\n');
+  }
+  if (text && !text.endsWith('\n')) text += '\n';
+  text += apps.map(appToToml).join('\n');
+  for (const [name, keys] of pending) {
+    text += `\n[${name}]\n` + Object.entries(keys).map(([k, v]) => tomlKeyValue(k, v)).join('\n') + '\n';
+  }
+  return text;
+}
+
 const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
+
+/** GET url: { status, body }; status 0 when the request failed. */
+function httpGet(url, timeoutMs = 1000) {
+  return new Promise((resolve) => {
+    const req = http.get(url, { timeout: timeoutMs, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+      res.on('error', () => resolve({ status: 0, body }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', (err) => resolve({ status: 0, body: '', error: err.message }));
+  });
+}
+
+/**
+ * Parses Prometheus text: [{ name, labels: {..}, value }]. `filter(name)` picks the metric names kept.
+ */
+function parseMetrics(text, filter = () => true) {
+  const out = [];
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s+(\S+)/.exec(line);
+    if (!m || !filter(m[1])) continue;
+    const labels = {};
+    if (m[3]) for (const l of m[3].matchAll(/([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
+    out.push({ name: m[1], labels, value: Number(m[4]) });
+  }
+  return out;
+}
+
+/** The /metrics of a node or of the control plane (anything with a `metricsUrl` or a `baseUrl`), parsed. */
+async function metrics(target, filter) {
+  const url = target.metricsUrl || `${target.baseUrl}/metrics`;
+  const res = await httpGet(url, 2000);
+  if (res.status !== 200) throw new Error(`GET ${url} answered ${res.status || res.error}`);
+  return parseMetrics(res.body, filter);
+}
+
+/** Environment of the processes the harness starts: the node refuses unknown RELAYMESH_* variables. */
+function childEnv(extra = {}) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (k === 'RELAYMESH_NODE_BIN' || k === 'RELAYMESH_CONTROL_BIN' || k.startsWith('RELAYMESH_COMPAT_')) continue;
+    env[k] = v;
+  }
+  return { ...env, NO_COLOR: '1', ...extra };
+}
 
 function httpGetStatus(url, timeoutMs) {
   return new Promise((resolve) => {
@@ -99,19 +217,75 @@ function httpGetStatus(url, timeoutMs) {
 // the server process
 
 const liveProcesses = new Set();
-process.on('exit', () => {
-  // Safety net: never leave a server behind, even if a teardown was skipped.
+const liveDirs = new Set(); // temp dirs of cluster mode (CA, cluster folders), removed at exit too
+function killEverything() {
+  // Safety net: never leave a server (node or control plane) behind, even if a teardown was skipped.
   for (const child of liveProcesses) {
     try {
       child.kill('SIGKILL');
     } catch {}
   }
-});
+  for (const dir of liveDirs) {
+    try {
+      fs.rmSync(dir, { recursive: true, force: true });
+    } catch {}
+  }
+}
+process.on('exit', killEverything);
+// 'exit' does not run when the test process is killed by a signal (Ctrl-C, the runner cancelling a
+// file): clean up, then die of the same signal.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(signal, () => {
+    killEverything();
+    process.kill(process.pid, signal);
+  });
+}
+
+/** Reads a child's stdout/stderr line by line into `log` (capped), calling onLine(line, stream). */
+function captureLines(child, log, onLine = () => {}) {
+  for (const stream of ['stdout', 'stderr']) {
+    let buf = '';
+    child[stream].setEncoding('utf8');
+    child[stream].on('data', (chunk) => {
+      buf += chunk;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i).replace(ANSI, '');
+        buf = buf.slice(i + 1);
+        log.push(`[${stream}] ${line}`);
+        if (log.length > 500) log.shift();
+        onLine(line, stream);
+      }
+    });
+  }
+}
+
+/** Sends `signal`, then SIGKILL if the child has not exited after graceMs. */
+async function stopChild(child, exitPromise, signal, graceMs, what) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    child.kill(signal);
+  } catch {}
+  let timer;
+  const done = await Promise.race([
+    exitPromise.then(() => true),
+    new Promise((resolve) => (timer = setTimeout(() => resolve(false), graceMs))),
+  ]);
+  clearTimeout(timer);
+  if (!done) {
+    try {
+      child.kill('SIGKILL');
+    } catch {}
+    await withTimeout(exitPromise, 5000, `${what} to exit after SIGKILL`).catch(() => {});
+  }
+}
 
 class RelaymeshServer {
-  constructor({ apps, port, dir, extraToml = '' }) {
+  constructor({ apps, port, dir, extraToml = '', tables = {}, name = null }) {
     this.apps = apps;
     this.extraToml = extraToml; // top-level settings and tables written before the apps
+    this.tables = tables; // cluster mode: [control_plane] and [mesh], see composeToml
+    this.name = name; // cluster mode: the node id
     this.port = port;
     this.dir = dir;
     this.configPath = path.join(dir, 'server.toml');
@@ -138,14 +312,13 @@ class RelaymeshServer {
           `or set RELAYMESH_NODE_BIN)`,
       );
     }
-    fs.writeFileSync(this.configPath, this.extraToml + this.apps.map(appToToml).join('\n'));
+    fs.writeFileSync(this.configPath, composeToml(this.extraToml, this.apps, this.tables));
     const listenAddr = `127.0.0.1:${this.port}`;
     // RELAYMESH_* variables configure the node, which refuses unknown ones: keep ours out.
-    const { RELAYMESH_NODE_BIN: _bin, ...env } = process.env;
     const child = spawn(BIN, ['--config', this.configPath, '--listen', listenAddr], {
       cwd: this.dir,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG || 'info' },
+      env: childEnv({ RUST_LOG: process.env.RUST_LOG || 'info' }),
     });
     this.child = child;
     this.killRequested = false;
@@ -158,7 +331,7 @@ class RelaymeshServer {
         exited = { code, signal };
         if (!this.killRequested) {
           this.unexpected.push(`exited (code ${code}, signal ${signal})`);
-          console.error(`WARNING: relaymesh-node (pid ${child.pid}, port ${this.port}) exited on its own: code ${code}, signal ${signal}\n${this.logTail(20)}`);
+          console.error(`WARNING: relaymesh-node ${this.label} exited on its own: code ${code}, signal ${signal}\n${this.logTail(20)}`);
         }
         liveProcesses.delete(child);
         resolve(exited);
@@ -168,27 +341,13 @@ class RelaymeshServer {
 
     let sawListening;
     const listening = new Promise((resolve) => (sawListening = resolve));
-    const onData = (stream) => {
-      let buf = '';
-      child[stream].setEncoding('utf8');
-      child[stream].on('data', (chunk) => {
-        buf += chunk;
-        let i;
-        while ((i = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, i).replace(ANSI, '');
-          buf = buf.slice(i + 1);
-          this.log.push(`[${stream}] ${line}`);
-          if (this.log.length > 500) this.log.shift();
-          if (line.includes(`listening on ${listenAddr}`)) sawListening('log');
-          if (/shutting down/i.test(line) && !this.killRequested) {
-            this.unexpected.push(line);
-            console.error(`WARNING: relaymesh-node (pid ${child.pid}, port ${this.port}) is shutting down although the harness did not stop it: ${line}`);
-          }
-        }
-      });
-    };
-    onData('stdout');
-    onData('stderr');
+    captureLines(child, this.log, (line) => {
+      if (line.includes(`listening on ${listenAddr}`)) sawListening('log');
+      if (/shutting down/i.test(line) && !this.killRequested) {
+        this.unexpected.push(line);
+        console.error(`WARNING: relaymesh-node ${this.label} is shutting down although the harness did not stop it: ${line}`);
+      }
+    });
 
     // Fallback: poll /healthz.
     let stopPolling = false;
@@ -222,26 +381,17 @@ class RelaymeshServer {
     return this;
   }
 
+  /** "(pid P, port N)", with the node id in cluster mode; for messages. */
+  get label() {
+    return `${this.name ? `${this.name} ` : ''}(pid ${this.child && this.child.pid}, port ${this.port})`;
+  }
+
   /** Stops the process (SIGTERM, then SIGKILL after `graceMs`). Idempotent. */
   async kill(signal = 'SIGTERM', graceMs = 2000) {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     this.killRequested = true;
-    try {
-      child.kill(signal);
-    } catch {}
-    let timer;
-    const done = await Promise.race([
-      this.exitPromise.then(() => true),
-      new Promise((resolve) => (timer = setTimeout(() => resolve(false), graceMs))),
-    ]);
-    clearTimeout(timer);
-    if (!done) {
-      try {
-        child.kill('SIGKILL');
-      } catch {}
-      await withTimeout(this.exitPromise, 5000, 'relaymesh-node to exit after SIGKILL').catch(() => {});
-    }
+    await stopChild(child, this.exitPromise, signal, graceMs, 'relaymesh-node');
   }
 
   /** Kills the process and starts a new one on the same port with the same config. */
@@ -273,6 +423,394 @@ async function startServer({ apps = [DEFAULT_APP], extraToml = '' } = {}) {
     throw err;
   }
   return server;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the control plane process
+
+class ControlPlane {
+  constructor({ dir, grpcPort, httpPort, heartbeatMs = 200, leaseTtlMs = 1000 }) {
+    this.dir = dir; // --data-dir
+    this.grpcPort = grpcPort;
+    this.httpPort = httpPort;
+    this.heartbeatMs = heartbeatMs;
+    this.leaseTtlMs = leaseTtlMs;
+    this.child = null;
+    this.log = [];
+  }
+
+  /** gRPC endpoint, for a node's control_plane.endpoint and for `ctl --endpoint`. */
+  get endpoint() {
+    return `http://127.0.0.1:${this.grpcPort}`;
+  }
+
+  get metricsUrl() {
+    return `http://127.0.0.1:${this.httpPort}/metrics`;
+  }
+
+  get label() {
+    return `(pid ${this.child && this.child.pid}, gRPC port ${this.grpcPort})`;
+  }
+
+  logTail(n = 40) {
+    return this.log.slice(-n).join('\n');
+  }
+
+  async start() {
+    if (!fs.existsSync(CONTROL_BIN)) {
+      throw new Error(
+        `relaymesh-control binary not found at ${CONTROL_BIN} (build it with \`cargo build -p relaymesh-control\` ` +
+          `or set RELAYMESH_CONTROL_BIN)`,
+      );
+    }
+    fs.mkdirSync(this.dir, { recursive: true });
+    const child = spawn(
+      CONTROL_BIN,
+      [
+        'serve',
+        '--listen', `127.0.0.1:${this.grpcPort}`,
+        '--http-listen', `127.0.0.1:${this.httpPort}`,
+        '--data-dir', this.dir,
+        '--heartbeat-ms', String(this.heartbeatMs),
+        '--lease-ttl-ms', String(this.leaseTtlMs),
+      ],
+      { cwd: this.dir, stdio: ['ignore', 'pipe', 'pipe'], env: childEnv({ RUST_LOG: process.env.RUST_LOG || 'info' }) },
+    );
+    this.child = child;
+    this.killRequested = false;
+    this.unexpected = [];
+    liveProcesses.add(child);
+    this.exitPromise = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        if (!this.killRequested) {
+          this.unexpected.push(`exited (code ${code}, signal ${signal})`);
+          console.error(`WARNING: relaymesh-control ${this.label} exited on its own: code ${code}, signal ${signal}\n${this.logTail(20)}`);
+        }
+        liveProcesses.delete(child);
+        resolve({ code, signal });
+      });
+    });
+    let sawListening;
+    const listening = new Promise((resolve) => (sawListening = resolve));
+    captureLines(child, this.log, (line) => {
+      if (line.includes('listening on')) sawListening();
+    });
+    try {
+      await withTimeout(
+        Promise.race([
+          listening,
+          this.exitPromise.then((e) => {
+            throw new Error(`relaymesh-control exited during startup (code ${e.code}, signal ${e.signal})`);
+          }),
+        ]),
+        STARTUP_TIMEOUT_MS,
+        `relaymesh-control to listen on 127.0.0.1:${this.grpcPort}`,
+      );
+    } catch (err) {
+      await this.kill('SIGKILL');
+      err.message += `\n--- control plane output ---\n${this.logTail()}`;
+      throw err;
+    }
+    return this;
+  }
+
+  /** Stops the process (SIGTERM, then SIGKILL after `graceMs`). Idempotent. */
+  async kill(signal = 'SIGTERM', graceMs = 2000) {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    this.killRequested = true;
+    await stopChild(child, this.exitPromise, signal, graceMs, 'relaymesh-control');
+  }
+}
+
+/**
+ * Starts `relaymesh-control serve` on free loopback ports (gRPC and /metrics) with a fast heartbeat
+ * (200 ms) and lease (1 s). Its data dir is `dir` (created), or a new temp dir; the caller kills it
+ * and removes `cp.dir`.
+ */
+async function startControlPlane({ dir, heartbeatMs, leaseTtlMs } = {}) {
+  const ownDir = !dir;
+  if (ownDir) dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rmcompat-cp-'));
+  const cp = new ControlPlane({ dir, grpcPort: await freePort(), httpPort: await freePort(), heartbeatMs, leaseTtlMs });
+  try {
+    await cp.start();
+  } catch (err) {
+    if (ownDir) fs.rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return cp;
+}
+
+/** `relaymesh-control ctl --json ARGS...` against a control plane (or its gRPC port); parsed output. */
+function ctl(controlPlane, ...args) {
+  const endpoint = typeof controlPlane === 'object' ? controlPlane.endpoint : `http://127.0.0.1:${controlPlane}`;
+  return new Promise((resolve, reject) => {
+    execFile(CONTROL_BIN, ['ctl', '--endpoint', endpoint, '--json', ...args], { timeout: 10000, env: childEnv() }, (err, stdout, stderr) =>
+      err ? reject(new Error(`ctl ${args.join(' ')} failed: ${stderr || err.message}`)) : resolve(JSON.parse(stdout)),
+    );
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// cluster mode: a control plane and N nodes behind the RelaymeshServer interface
+
+/** The development cluster CA (ca.pem, ca.key), made once per test process, removed at exit. */
+let caDirPromise = null;
+function clusterCa() {
+  if (!caDirPromise) {
+    caDirPromise = new Promise((resolve, reject) => {
+      if (!fs.existsSync(BIN)) {
+        reject(new Error(`relaymesh-node binary not found at ${BIN} (build it with \`cargo build -p relaymesh-node\`)`));
+        return;
+      }
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rmcompat-ca-'));
+      liveDirs.add(dir);
+      execFile(BIN, ['certs', 'ca', '--out', dir], { timeout: 30000, env: childEnv() }, (err, stdout, stderr) => {
+        if (err) reject(new Error(`relaymesh-node certs ca --out ${dir} failed: ${stderr || err.message}`));
+        else resolve(dir);
+      });
+    });
+    caDirPromise.catch(() => (caDirPromise = null));
+  }
+  return caDirPromise;
+}
+
+const NODE_LETTERS = 'abcdefghijklmnopqrstuvwxyz';
+const CLUSTER_LOGS = '--- cluster logs';
+
+/**
+ * A real cluster in one folder: `control/` (the control plane's data), `compat-a/`, `compat-b/`, ...
+ * (each node's config). It has the interface of RelaymeshServer (host, port, baseUrl, dir, start,
+ * kill, restart, logTail, unexpected) so that tests run unchanged:
+ *   - client(cluster) connects client number k (creation order) to node k % N,
+ *   - serverLib(cluster) uses nodes round robin starting at node 1 (ctx.pusher is on node 1),
+ *   - port / baseUrl are node 1's, the node of ctx.pusher,
+ *   - restart() restarts every node (same ports and ids; the control plane stays up) and waits until
+ *     the cluster is ready again; restartNode(i) restarts one.
+ */
+class RelaymeshCluster {
+  constructor({ apps, extraToml = '', size, transport = MESH_TRANSPORT, dir, caDir }) {
+    this.apps = apps;
+    this.extraToml = extraToml;
+    this.size = size;
+    this.transport = transport;
+    this.dir = dir;
+    this.caDir = caDir;
+    this.controlPlane = null;
+    this.nodes = [];
+    this.clientsCreated = 0;
+    this.libsCreated = 0;
+  }
+
+  get host() {
+    return '127.0.0.1';
+  }
+
+  /** Node 1 (node 0 when alone): where ctx.pusher sends its requests. */
+  get apiNode() {
+    return this.nodes[1 % this.size];
+  }
+
+  get port() {
+    return this.apiNode.port;
+  }
+
+  get baseUrl() {
+    return this.apiNode.baseUrl;
+  }
+
+  get nodeIds() {
+    return this.nodes.map((n) => n.name);
+  }
+
+  /** Unexpected exits / shutdowns of any process of the cluster. */
+  get unexpected() {
+    return [
+      ...(this.controlPlane && this.controlPlane.unexpected ? this.controlPlane.unexpected.map((u) => `control plane: ${u}`) : []),
+      ...this.nodes.flatMap((n) => (n.unexpected || []).map((u) => `${n.name}: ${u}`)),
+    ];
+  }
+
+  /** The node the next pusher-js client connects to: k % N for the k-th client (from 0). */
+  nextClientNode() {
+    return this.nodes[this.clientsCreated++ % this.size];
+  }
+
+  /** The node the next pusher (server library) instance talks to: round robin from node 1. */
+  nextApiNode() {
+    return this.nodes[(1 + this.libsCreated++) % this.size];
+  }
+
+  /** The last `n` lines of every node and of the control plane, under a CLUSTER_LOGS header. */
+  logTail(n = 40) {
+    const parts = [`${CLUSTER_LOGS} (last ${n} lines of each process) ---`];
+    parts.push(...this.nodes.map((node) => `--- node ${node.label} ---\n${node.logTail(n) || '(no output)'}`));
+    if (this.controlPlane) parts.push(`--- control plane ${this.controlPlane.label} ---\n${this.controlPlane.logTail(n) || '(no output)'}`);
+    return parts.join('\n');
+  }
+
+  async start() {
+    try {
+      if (!this.controlPlane) {
+        this.controlPlane = new ControlPlane({ dir: path.join(this.dir, 'control'), grpcPort: await freePort(), httpPort: await freePort() });
+      }
+      if (!this.controlPlane.child || this.controlPlane.child.exitCode !== null || this.controlPlane.child.signalCode !== null) {
+        await this.controlPlane.start();
+      }
+      if (!this.nodes.length) {
+        for (let i = 0; i < this.size; i++) {
+          const name = `compat-${NODE_LETTERS[i]}`;
+          const dir = path.join(this.dir, name);
+          fs.mkdirSync(dir, { recursive: true });
+          this.nodes.push(
+            new RelaymeshServer({
+              apps: this.apps,
+              extraToml: this.extraToml,
+              port: await freePort(),
+              dir,
+              name,
+              tables: {
+                control_plane: { endpoint: this.controlPlane.endpoint, region: 'compat', node_id: name },
+                mesh: { listen: '127.0.0.1:0', transport: this.transport, dev_ca_dir: this.caDir },
+              },
+            }),
+          );
+        }
+      }
+      // A free port can be taken between freePort() and the node binding it: try another one.
+      await allOrFirstError(this.nodes.map((node) => startWithRetry(node, { newPort: true })));
+      await this.waitReady();
+    } catch (err) {
+      await this.kill('SIGKILL');
+      if (!String(err.message).includes(CLUSTER_LOGS)) err.message += `\n${this.logTail()}`;
+      throw err;
+    }
+    return this;
+  }
+
+  /**
+   * Polls until every node answers /readyz 200 and reports a mesh link up to every other node
+   * (relaymesh_mesh_link_up{peer=...} 1), and the control plane counts all of them active.
+   */
+  async waitReady(timeoutMs = CLUSTER_READY_TIMEOUT_MS) {
+    const deadline = Date.now() + timeoutMs;
+    let status = [];
+    for (;;) {
+      const exited = this.nodes.find((n) => !n.child || n.child.exitCode !== null || n.child.signalCode !== null);
+      if (exited) throw new Error(`cluster not ready: node ${exited.label} exited (${(exited.unexpected || []).join('; ')})\n${this.logTail()}`);
+      if (this.controlPlane.child.exitCode !== null || this.controlPlane.child.signalCode !== null) {
+        throw new Error(`cluster not ready: the control plane exited\n${this.logTail()}`);
+      }
+      status = await Promise.all(this.nodes.map((node) => this.nodeStatus(node)));
+      const cp = await this.controlPlaneStatus();
+      if (status.every((s) => s.ready) && cp.ready) return;
+      if (Date.now() > deadline) {
+        throw new Error(
+          `cluster of ${this.size} (${this.transport}) not ready after ${timeoutMs} ms:\n` +
+            status.map((s) => `  ${s.name}: ${s.detail}`).join('\n') +
+            `\n  control plane: ${cp.detail}\n${this.logTail()}`,
+        );
+      }
+      await sleep(50);
+    }
+  }
+
+  async nodeStatus(node) {
+    const ready = await httpGet(`${node.baseUrl}/readyz`, 500);
+    const m = await httpGet(`${node.baseUrl}/metrics`, 1000);
+    const up = new Set(
+      parseMetrics(m.body || '', (name) => name === 'relaymesh_mesh_link_up')
+        .filter((x) => x.value === 1)
+        .map((x) => x.labels.peer),
+    );
+    const missing = this.nodes.filter((o) => o !== node && !up.has(o.name)).map((o) => o.name);
+    return {
+      name: node.name,
+      ready: ready.status === 200 && missing.length === 0,
+      detail: `/readyz ${ready.status || ready.error}${missing.length ? `, no mesh link up to ${missing.join(', ')}` : ', linked to every other node'}`,
+    };
+  }
+
+  async controlPlaneStatus() {
+    const res = await httpGet(this.controlPlane.metricsUrl, 1000);
+    const active = parseMetrics(res.body || '', (name) => name === 'relaymesh_control_nodes')
+      .filter((x) => x.labels.state === 'active')
+      .reduce((sum, x) => sum + x.value, 0);
+    return { ready: active === this.size, detail: `${active} of ${this.size} nodes active (/metrics ${res.status || res.error})` };
+  }
+
+  /** Stops every node, then the control plane (SIGTERM, then SIGKILL after `graceMs`). Idempotent. */
+  async kill(signal = 'SIGTERM', graceMs = 2000) {
+    await Promise.all(this.nodes.map((node) => node.kill(signal, graceMs)));
+    if (this.controlPlane) await this.controlPlane.kill(signal, graceMs);
+  }
+
+  /**
+   * Restarts every node on its port with its id and config (the control plane stays up), and waits
+   * until the cluster is ready again: every client sees its node go away, as with one server.
+   */
+  async restart({ signal = 'SIGKILL', downMs = 0 } = {}) {
+    await Promise.all(this.nodes.map((node) => node.kill(signal)));
+    if (downMs) await sleep(downMs);
+    await allOrFirstError(this.nodes.map((node) => startWithRetry(node, { newPort: false })));
+    await this.waitReady(CLUSTER_RESTART_READY_TIMEOUT_MS);
+    return this;
+  }
+
+  /** Restarts node i only (same port and id), then waits until the cluster is ready again. */
+  async restartNode(i, { signal = 'SIGKILL', downMs = 0 } = {}) {
+    const node = this.nodes[i];
+    await node.kill(signal);
+    if (downMs) await sleep(downMs);
+    await startWithRetry(node, { newPort: false });
+    await this.waitReady(CLUSTER_RESTART_READY_TIMEOUT_MS);
+    return this;
+  }
+}
+
+/** Like Promise.all, but waits for every promise to settle before rejecting (nothing left running). */
+async function allOrFirstError(promises) {
+  const results = await Promise.allSettled(promises);
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  return results.map((r) => r.value);
+}
+
+/** node.start(), retried on failure: on a new free port (first start) or on the same one (restart). */
+async function startWithRetry(node, { newPort, attempts = 5 }) {
+  let lastErr;
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    try {
+      return await node.start();
+    } catch (err) {
+      lastErr = err;
+      await sleep(300);
+      if (newPort) node.port = await freePort();
+    }
+  }
+  throw lastErr;
+}
+
+/** A running cluster of `size` nodes (default RELAYMESH_COMPAT_CLUSTER) serving `apps`. */
+async function startCluster({ apps = [DEFAULT_APP], extraToml = '', size = CLUSTER_SIZE || 3, transport = MESH_TRANSPORT } = {}) {
+  const caDir = await clusterCa();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rmcompat-cluster-'));
+  liveDirs.add(dir);
+  const cluster = new RelaymeshCluster({ apps, extraToml, size, transport, dir, caDir });
+  try {
+    await cluster.start();
+  } catch (err) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    liveDirs.delete(dir);
+    throw err;
+  }
+  return cluster;
+}
+
+/** Removes a server's or cluster's folder (after kill). */
+function removeServerDir(server) {
+  fs.rmSync(server.dir, { recursive: true, force: true });
+  liveDirs.delete(server.dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,30 +884,37 @@ function rawFrames(c) {
 // ---------------------------------------------------------------------------------------------
 // libraries
 
+/** A pusher (server library) instance for `app` on `server`; on a cluster, the nodes round robin from node 1. */
 function serverLib(server, app = DEFAULT_APP, overrides = {}) {
+  const target = typeof server.nextApiNode === 'function' ? server.nextApiNode() : server;
   return new PusherServer({
     appId: app.id,
     key: app.key,
     secret: app.secret,
     host: '127.0.0.1',
-    port: String(server.port),
+    port: String(target.port),
     useTLS: false,
     timeout: DEFAULT_TIMEOUT_MS,
     ...overrides,
   });
 }
 
-/** A pusher-js client that records every frame it receives (decoded, as pusher-js sees it). */
+/**
+ * A pusher-js client that records every frame it receives (decoded, as pusher-js sees it). On a
+ * cluster, client number k connects to node k % N (`c.node` is that node).
+ */
 function client(server, opts = {}, app = DEFAULT_APP) {
+  const target = typeof server.nextClientNode === 'function' ? server.nextClientNode() : server;
   const c = new PusherClient(app.key, {
     wsHost: '127.0.0.1',
-    wsPort: server.port,
+    wsPort: target.port,
     forceTLS: false,
     enabledTransports: ['ws'],
     disableStats: true,
     cluster: 'mt1',
     ...opts,
   });
+  if (target !== server) c.node = target;
   c.frames = [];
   c.states = [c.connection.state];
   c.errors = [];
@@ -389,7 +934,7 @@ function describeClient(c, label = 'client') {
     frames = c.frames.map((f) => `  ${JSON.stringify({ event: f.event, channel: f.channel, data: f.data, user_id: f.user_id })}`);
   }
   return (
-    `${label}: socket_id=${c.connection.socket_id} state=${c.connection.state} states=${c.states.join('>')}` +
+    `${label}${c.node ? ` (on node ${c.node.name}, port ${c.node.port})` : ''}: socket_id=${c.connection.socket_id} state=${c.connection.state} states=${c.states.join('>')}` +
     `${c.errors.length ? `\n  errors: ${JSON.stringify(c.errors)}` : ''}\n  frames (>> sent, << received):\n${frames.join('\n') || '  (none)'}`
   );
 }
@@ -558,9 +1103,12 @@ async function startAuthServer(pusher, { users = {} } = {}) {
  *   ctx.client(opts) - a new pusher-js client, disconnected automatically after the test
  *   ctx.defer(fn)    - run fn in teardown
  * `apps` is the list of app configs (default: [DEFAULT_APP]) or a function returning it, called
- * before each test (so it can use ports opened in a `before` hook).
+ * before each test (so it can use ports opened in a `before` hook); `extraToml` is added to the
+ * node's config file.
+ * With RELAYMESH_COMPAT_CLUSTER=N, ctx.server is a RelaymeshCluster of N nodes instead (same
+ * interface; clients and server-library instances are spread over its nodes).
  */
-function useServer({ apps } = {}) {
+function useServer({ apps, extraToml = '' } = {}) {
   const ctx = { server: null, pusher: null, cleanups: [] };
   ctx.defer = (fn) => ctx.cleanups.push(fn);
   ctx.client = (opts, app) => {
@@ -576,16 +1124,31 @@ function useServer({ apps } = {}) {
 
   beforeEach(async () => {
     ctx.cleanups = [];
-    ctx.server = await startServer({ apps: typeof apps === 'function' ? await apps() : apps });
+    ctx.server = null;
+    const appList = typeof apps === 'function' ? await apps() : apps;
+    ctx.server = CLUSTER_SIZE
+      ? await startCluster({ apps: appList, extraToml, size: CLUSTER_SIZE })
+      : await startServer({ apps: appList, extraToml });
     const srv = ctx.server;
     ctx.defer(async () => {
       await srv.kill('SIGTERM');
-      fs.rmSync(srv.dir, { recursive: true, force: true });
+      removeServerDir(srv);
     });
     ctx.pusher = serverLib(ctx.server);
   });
 
-  afterEach(async () => {
+  afterEach(async (t) => {
+    // Cluster mode: a failed test's message ends with the log tails of every node and the control plane.
+    if (CLUSTER_SIZE && ctx.server && t && t.passed === false && t.error) {
+      const err = t.error.cause || t.error;
+      if (!String(err.message).includes(CLUSTER_LOGS)) {
+        const extra = `\n${ctx.server.logTail(30)}`;
+        try {
+          err.message += extra;
+          if (typeof err.stack === 'string') err.stack += extra;
+        } catch {}
+      }
+    }
     const fns = ctx.cleanups.splice(0).reverse();
     for (const fn of fns) {
       try {
@@ -611,6 +1174,9 @@ function uniqueName(prefix) {
 
 module.exports = {
   BIN,
+  CONTROL_BIN,
+  CLUSTER_SIZE,
+  MESH_TRANSPORT,
   DEFAULT_APP,
   DEFAULT_TIMEOUT_MS,
   PusherClient,
@@ -621,6 +1187,12 @@ module.exports = {
   rawFrames,
   rawReceived,
   startServer,
+  startControlPlane,
+  startCluster,
+  ctl,
+  httpGet,
+  metrics,
+  parseMetrics,
   serverLib,
   client,
   describeClient,

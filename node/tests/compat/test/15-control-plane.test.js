@@ -4,54 +4,21 @@
 
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn, execFile } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
-const path = require('node:path');
 const h = require('../lib/harness');
 
-const CONTROL_BIN = path.resolve(
-  __dirname,
-  '..',
-  process.env.RELAYMESH_CONTROL_BIN || path.join('..', '..', '..', 'target', 'debug', 'relaymesh-control'),
-);
-
-function ctl(grpcPort, ...args) {
-  return new Promise((resolve, reject) => {
-    execFile(CONTROL_BIN, ['ctl', '--endpoint', `http://127.0.0.1:${grpcPort}`, '--json', ...args], { timeout: 10000 }, (err, stdout, stderr) =>
-      err ? reject(new Error(`ctl ${args.join(' ')} failed: ${stderr || err.message}`)) : resolve(JSON.parse(stdout)),
-    );
-  });
-}
-
+// This test starts its own control plane and a single node on purpose (it does not use
+// h.useServer), so it runs the same in single-node and in cluster mode.
 async function startControlPlane(t) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rmcompat-cp-'));
-  const grpcPort = await h.freePort();
-  const httpPort = await h.freePort();
-  const child = spawn(
-    CONTROL_BIN,
-    ['serve', '--listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`, '--data-dir', dir, '--heartbeat-ms', '200', '--lease-ttl-ms', '1000'],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } },
-  );
-  t.after(() => {
-    child.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
+  const cp = await h.startControlPlane();
+  t.after(async () => {
+    await cp.kill('SIGKILL');
+    fs.rmSync(cp.dir, { recursive: true, force: true });
   });
-  let out = '';
-  child.stdout.setEncoding('utf8');
-  await h.withTimeout(
-    new Promise((resolve, reject) => {
-      child.stdout.on('data', (chunk) => {
-        out += chunk;
-        if (out.includes('listening on')) resolve();
-      });
-      child.once('exit', (code) => reject(new Error(`relaymesh-control exited with ${code}`)));
-    }),
-    10000,
-    'relaymesh-control to listen',
-  );
-  return grpcPort;
+  return cp.grpcPort;
 }
+
+const ctl = (grpcPort, ...args) => h.ctl(grpcPort, ...args);
 
 test('an app created through the CLI serves pusher-js within a second; deleting it refuses its clients', async (t) => {
   const grpcPort = await startControlPlane(t);
