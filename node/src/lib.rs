@@ -12,6 +12,7 @@ pub mod hub;
 pub mod membership;
 pub mod mesh;
 pub mod owner;
+pub mod rebalance;
 pub mod route;
 pub mod telemetry;
 pub mod webhooks;
@@ -50,6 +51,13 @@ pub struct Shared {
     pub peers: mesh::peers::Peers,
     /// Requests of this node waiting for channel owners.
     pub requests: route::Requests,
+    /// Random per process: tells a restarted node from the one before it.
+    pub incarnation: u64,
+    /// Which view each member finished rebalancing for.
+    pub progress: rebalance::Progress,
+    /// Send this node's part of every channel to its owner at the next chance (after a
+    /// re-registration, or when a resync could not be sent).
+    pub resync_all: AtomicBool,
     /// First half of every socket id of this node: random, so ids differ across nodes.
     socket_node: u64,
     next_socket: AtomicU64,
@@ -87,6 +95,7 @@ pub struct NodeHandle {
     accept: Option<JoinHandle<()>>,
     membership: Option<JoinHandle<()>>,
     mesh: Option<JoinHandle<()>>,
+    rebalance: Option<JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -111,6 +120,9 @@ impl NodeHandle {
         }
         if let Some(mesh) = self.mesh.take() {
             let _ = mesh.await;
+        }
+        if let Some(rebalance) = self.rebalance.take() {
+            let _ = rebalance.await;
         }
         for app in self.shared.apps.all() {
             app.close_all(
@@ -144,6 +156,9 @@ impl Drop for NodeHandle {
         if let Some(mesh) = self.mesh.take() {
             mesh.abort();
         }
+        if let Some(rebalance) = self.rebalance.take() {
+            rebalance.abort();
+        }
     }
 }
 
@@ -169,6 +184,9 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         stats,
         peers: mesh::peers::Peers::default(),
         requests: route::Requests::default(),
+        incarnation: rand::random::<u64>() | 1,
+        progress: rebalance::Progress::default(),
+        resync_all: AtomicBool::new(false),
         socket_node: rand::random::<u32>() as u64,
         next_socket: AtomicU64::new(1),
         draining: AtomicBool::new(false),
@@ -195,6 +213,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         ));
     }
     route::spawn_ticker(Arc::downgrade(&shared));
+    let rebalance = rebalance::spawn(shared.clone(), stopped.clone());
     let membership = membership::spawn(shared.clone(), local_addr, mesh_addr, stopped.clone());
     let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
     Ok(NodeHandle {
@@ -204,6 +223,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         accept: Some(accept),
         membership,
         mesh: mesh_task,
+        rebalance: Some(rebalance),
     })
 }
 

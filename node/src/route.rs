@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::app::App;
 use crate::edge::outbox::SocketId;
-use crate::owner::Sink;
+use crate::owner::{Origin, Sink};
 use crate::webhooks::WebhookEvent;
 use crate::{telemetry, Shared};
 
@@ -111,14 +111,25 @@ fn owner_of(shared: &Shared, app_id: &str, channel: &str) -> Result<Option<Strin
     }
 }
 
-fn envelope(shared: &Shared, origin: &str, app_id: &str, channel: &str, body: Body) -> Envelope {
+/// A message of this node.
+fn envelope(shared: &Shared, app_id: &str, channel: &str, body: Body) -> Envelope {
     Envelope {
         view_version: shared.view.borrow().version,
-        origin: origin.to_owned(),
+        origin: shared.node_id.clone(),
         hops: 0,
         app_id: app_id.to_owned(),
         channel: channel.to_owned(),
+        incarnation: shared.incarnation,
         body: Some(body),
+    }
+}
+
+/// This node as the origin of its own messages.
+fn me(shared: &Shared) -> Origin<'_> {
+    Origin {
+        node: &shared.node_id,
+        incarnation: shared.incarnation,
+        view_version: shared.view.borrow().version,
     }
 }
 
@@ -151,14 +162,10 @@ fn send(shared: &Shared, node: &str, envelope: &Envelope) -> Result<(), RouteErr
 pub fn to_owner(shared: &Shared, app: &App, channel: &str, body: Body) -> Result<(), RouteError> {
     match owner_of(shared, &app.id, channel)? {
         None => {
-            owner_receive(shared, app, &shared.node_id, channel, body);
+            owner_receive(shared, app, me(shared), channel, body);
             Ok(())
         }
-        Some(node) => send(
-            shared,
-            &node,
-            &envelope(shared, &shared.node_id, &app.id, channel, body),
-        ),
+        Some(node) => send(shared, &node, &envelope(shared, &app.id, channel, body)),
     }
 }
 
@@ -258,12 +265,8 @@ pub async fn list_channels(
         });
         let local = node == shared.node_id;
         if local {
-            owner_receive(shared, app, &shared.node_id, "", body);
-        } else if let Err(e) = send(
-            shared,
-            &node,
-            &envelope(shared, &shared.node_id, &app.id, "", body),
-        ) {
+            owner_receive(shared, app, me(shared), "", body);
+        } else if let Err(e) = send(shared, &node, &envelope(shared, &app.id, "", body)) {
             shared.requests.cancel(id);
             return Err(e);
         }
@@ -293,13 +296,7 @@ impl Sink for Dispatch<'_> {
         if node == self.shared.node_id {
             edge_receive(self.shared, self.app, channel, body);
         } else {
-            let envelope = envelope(
-                self.shared,
-                &self.shared.node_id,
-                &self.app.id,
-                channel,
-                body,
-            );
+            let envelope = envelope(self.shared, &self.app.id, channel, body);
             // A lost delivery is counted in `send`; the node recovers its interest when the
             // link comes back (issue 6).
             let _ = send(self.shared, node, &envelope);
@@ -311,7 +308,7 @@ impl Sink for Dispatch<'_> {
     }
 }
 
-fn owner_receive(shared: &Shared, app: &App, origin: &str, channel: &str, body: Body) {
+fn owner_receive(shared: &Shared, app: &App, origin: Origin<'_>, channel: &str, body: Body) {
     let mut dispatch = Dispatch { shared, app };
     app.owner.handle(origin, channel, body, &mut dispatch);
 }
@@ -327,15 +324,13 @@ fn socket_id(socket: Option<relaymesh_proto::mesh::SocketRef>) -> Option<SocketI
 fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body) {
     match body {
         Body::Deliver(deliver) => {
-            let delivered = app
-                .hub
-                .deliver(channel, &deliver.frame, socket_id(deliver.except));
+            let delivered = app.hub.deliver(channel, &deliver);
             app.count_delivered(delivered);
         }
         Body::SubscribeResult(result) => {
             if let Some(socket) = socket_id(result.socket) {
-                app.hub
-                    .complete(channel, socket, result.accepted, result.frames);
+                let (accepted, frames, roster) = (result.accepted, result.frames, result.roster);
+                app.hub.complete(channel, socket, accepted, frames, roster);
             }
         }
         Body::Reply(reply) => shared.requests.complete(reply),
@@ -353,7 +348,9 @@ fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body) {
         | Body::Publish(_)
         | Body::Query(_)
         | Body::Terminate(_)
-        | Body::ListChannels(_) => {}
+        | Body::ListChannels(_)
+        | Body::Resync(_)
+        | Body::Synced(_) => {}
     }
 }
 
@@ -365,6 +362,7 @@ fn is_owner_bound(body: &Body) -> bool {
             | Body::Publish(_)
             | Body::Query(_)
             | Body::Terminate(_)
+            | Body::Resync(_)
     )
 }
 
@@ -390,6 +388,9 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
     let Some(body) = envelope.body.take() else {
         return dropped(peer, "empty");
     };
+    if let Body::Synced(synced) = body {
+        return crate::rebalance::synced(shared, &envelope.origin, synced.view_version);
+    }
     let Some(app) = shared.apps.by_id(&envelope.app_id) else {
         dropped(peer, "unknown_app");
         let id = request_id(&body);
@@ -399,19 +400,18 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
                 status: reply::Status::UnknownApp as i32,
                 ..Reply::default()
             };
-            let answer = self::envelope(
-                shared,
-                &shared.node_id,
-                &envelope.app_id,
-                "",
-                Body::Reply(answer),
-            );
+            let answer = self::envelope(shared, &envelope.app_id, "", Body::Reply(answer));
             let _ = send(shared, &envelope.origin, &answer);
         }
         return;
     };
+    let origin = Origin {
+        node: &envelope.origin,
+        incarnation: envelope.incarnation,
+        view_version: envelope.view_version,
+    };
     if matches!(body, Body::ListChannels(_)) {
-        return owner_receive(shared, &app, &envelope.origin, "", body);
+        return owner_receive(shared, &app, origin, "", body);
     }
     if !is_owner_bound(&body) {
         return edge_receive(shared, &app, &envelope.channel, body);
@@ -419,6 +419,7 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
     let newer_or_same = shared.view.borrow().version >= envelope.view_version;
     if let Ok(Some(owner)) = owner_of(shared, &app.id, &envelope.channel) {
         if newer_or_same && envelope.hops < HOPS_MAX {
+            let mut envelope = envelope.clone();
             envelope.hops += 1;
             envelope.body = Some(body);
             metrics::counter!(telemetry::MESH_FORWARDED).increment(1);
@@ -427,7 +428,29 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
             return;
         }
     }
-    owner_receive(shared, &app, &envelope.origin, &envelope.channel, body);
+    owner_receive(shared, &app, origin, &envelope.channel, body);
+}
+
+/// Sends `body` to the edge of every other member of the view that has a link.
+pub(crate) fn to_every_member(shared: &Shared, body: Body) {
+    let members: Vec<String> = shared
+        .view
+        .borrow()
+        .members
+        .keys()
+        .filter(|id| **id != shared.node_id)
+        .cloned()
+        .collect();
+    let envelope = envelope(shared, "", "", body);
+    for node in members {
+        // A member without a link is settled by the deadline instead.
+        let _ = send(shared, &node, &envelope);
+    }
+}
+
+/// Carries an owner's decisions outside a request (view changes, settling).
+pub(crate) fn owner_sink<'a>(shared: &'a Shared, app: &'a App) -> impl Sink + 'a {
+    Dispatch { shared, app }
 }
 
 /// Whether this node can route: standalone, or active in its view with a live link to

@@ -11,6 +11,7 @@ mod convergence;
 mod lease;
 mod mesh;
 mod ops;
+mod rebalance;
 mod restart;
 mod routing;
 mod watch;

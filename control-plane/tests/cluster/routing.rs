@@ -13,40 +13,60 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const APP: &str = "app-id";
-const KEY: &str = "app-key";
-const SECRET: &str = "app-secret";
+pub(crate) const APP: &str = "app-id";
+pub(crate) const KEY: &str = "app-key";
+pub(crate) const SECRET: &str = "app-secret";
 /// How long a client must stay silent to show that something was not sent.
 const QUIET: Duration = Duration::from_millis(300);
 
-struct Cluster {
-    nodes: Vec<Node>,
-    cp: ControlPlane,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) cp: ControlPlane,
+    ca_dir: std::path::PathBuf,
+    transport: MeshTransport,
     _dir: DataDir,
 }
 
 impl Cluster {
     /// A control plane and three mesh nodes (`a`, `b`, `c`) serving the development app
     /// (adjusted by `app`), ready: active and linked to each other.
-    async fn start(transport: MeshTransport, app: impl Fn(&mut AppConfig)) -> Cluster {
+    pub(crate) async fn start(transport: MeshTransport, app: impl Fn(&mut AppConfig)) -> Cluster {
         let dir = DataDir::new("routing");
         let ca_dir = dir.path().join("ca");
         ClusterCa::generate().unwrap().save(&ca_dir).unwrap();
         let cp = ControlPlane::start(&dir).await;
-        let mut nodes = Vec::new();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            cp,
+            ca_dir,
+            transport,
+            _dir: dir,
+        };
         for id in ["a", "b", "c"] {
-            let node = Node::start_configured(&cp.endpoint(), id, "eu", JOIN_TOKEN, |config| {
-                let mut dev = AppConfig::development();
-                app(&mut dev);
-                config.apps = vec![dev];
-                config.mesh.listen = Some("127.0.0.1:0".parse().unwrap());
-                config.mesh.dev_ca_dir = Some(ca_dir.clone());
-                config.mesh.transport = transport;
-            })
-            .await;
-            nodes.push(node);
+            cluster.add_node(id, &app).await;
         }
-        for node in &nodes {
+        cluster.ready().await;
+        cluster
+    }
+
+    /// Starts one more node (not waiting for it to be ready).
+    pub(crate) async fn add_node(&mut self, id: &str, app: impl Fn(&mut AppConfig)) {
+        let (ca_dir, transport) = (self.ca_dir.clone(), self.transport);
+        let node = Node::start_configured(&self.cp.endpoint(), id, "eu", JOIN_TOKEN, |config| {
+            let mut dev = AppConfig::development();
+            app(&mut dev);
+            config.apps = vec![dev];
+            config.mesh.listen = Some("127.0.0.1:0".parse().unwrap());
+            config.mesh.dev_ca_dir = Some(ca_dir);
+            config.mesh.transport = transport;
+        })
+        .await;
+        self.nodes.push(node);
+    }
+
+    /// Waits until every node is active and linked to every other.
+    pub(crate) async fn ready(&self) {
+        for node in &self.nodes {
             eventually(
                 &format!("node {} ready", node.id),
                 Duration::from_secs(10),
@@ -54,18 +74,13 @@ impl Cluster {
             )
             .await;
         }
-        Cluster {
-            nodes,
-            cp,
-            _dir: dir,
-        }
     }
 
-    fn node(&self, id: &str) -> &Node {
+    pub(crate) fn node(&self, id: &str) -> &Node {
         self.nodes.iter().find(|n| n.id == id).unwrap()
     }
 
-    async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         for node in self.nodes {
             node.shutdown().await;
         }
@@ -74,7 +89,7 @@ impl Cluster {
 }
 
 /// A channel name starting with `prefix` that the ring of a, b, c gives to `owner`.
-fn owned_by(owner: &str, prefix: &str) -> String {
+pub(crate) fn owned_by(owner: &str, prefix: &str) -> String {
     let ring = Ring::new(["a", "b", "c"]);
     (0..)
         .map(|i| format!("{prefix}{i}"))
@@ -90,7 +105,7 @@ fn now() -> u64 {
 }
 
 /// A signed call of the HTTP API; returns the status and the JSON answer.
-async fn api(
+pub(crate) async fn api(
     node: &Node,
     method: &str,
     path: &str,
@@ -118,12 +133,17 @@ async fn api(
     )
 }
 
-async fn trigger(node: &Node, channels: &[&str], event: &str, data: &str) -> (u16, Value) {
+pub(crate) async fn trigger(
+    node: &Node,
+    channels: &[&str],
+    event: &str,
+    data: &str,
+) -> (u16, Value) {
     let body = json!({"name": event, "channels": channels, "data": data});
     api(node, "POST", "/events", &[], Some(body)).await
 }
 
-async fn subscribe_public(client: &mut Client, channel: &str) {
+pub(crate) async fn subscribe_public(client: &mut Client, channel: &str) {
     client
         .send(json!({"event":"pusher:subscribe","data":{"channel":channel}}))
         .await;
@@ -136,7 +156,7 @@ async fn subscribe_public(client: &mut Client, channel: &str) {
 }
 
 /// Joins a presence channel as `user`; returns the roster's user ids.
-async fn join_presence(client: &mut Client, channel: &str, user: &str) -> Vec<String> {
+pub(crate) async fn join_presence(client: &mut Client, channel: &str, user: &str) -> Vec<String> {
     let channel_data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
     let to_sign = signing::channel_string_to_sign(&client.socket_id, channel, Some(&channel_data));
     let auth = signing::sign_auth(KEY, SECRET, &to_sign);
@@ -159,13 +179,13 @@ async fn join_presence(client: &mut Client, channel: &str, user: &str) -> Vec<St
     ids
 }
 
-async fn expect_event(client: &mut Client, event: &str) -> Frame {
+pub(crate) async fn expect_event(client: &mut Client, event: &str) -> Frame {
     let frame = client.next().await;
     assert_eq!(frame.event, event, "{}", frame.raw);
     frame
 }
 
-async fn expect_quiet(client: &mut Client) {
+pub(crate) async fn expect_quiet(client: &mut Client) {
     if let Some(frame) = client.next_within(QUIET).await {
         panic!("expected nothing, got {}", frame.raw);
     }
@@ -562,6 +582,7 @@ async fn a_message_for_another_owner_is_forwarded() {
         hops: 0,
         app_id: APP.into(),
         channel: channel.clone(),
+        incarnation: 1,
         body: Some(Body::Publish(Publish {
             frame: relaymesh_node::edge::ws::codec::text_frame(&text),
             ..Publish::default()

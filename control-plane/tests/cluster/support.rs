@@ -271,6 +271,7 @@ pub fn node_info(node_id: &str, region: &str) -> NodeInfo {
         mesh_addr: String::new(),
         version: "test".into(),
         capacity: 10,
+        incarnation: 1,
     }
 }
 

@@ -7,14 +7,14 @@
 //! exactly where the owner's answer (and roster) was made. Channels live in shards keyed by
 //! a hash of the name, one lock each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use relaymesh_proto::mesh::Member;
+use relaymesh_proto::mesh::{Deliver, Member};
 
 use crate::edge::outbox::{Conn, Pushed, SocketId};
 
@@ -41,6 +41,18 @@ pub struct Unsent {
 struct Channel {
     subscribers: HashMap<SocketId, Arc<Conn>>,
     pending: HashMap<SocketId, Pending>,
+    /// Presence channels: each subscribed socket's member, to rebuild the channel at a
+    /// new owner.
+    members: HashMap<SocketId, Member>,
+    /// Presence channels: the members this node's subscribers were told about.
+    told: HashSet<Box<str>>,
+}
+
+/// This node's part of a channel, for its new owner.
+pub struct ChannelPart {
+    pub channel: Box<str>,
+    pub sockets: Vec<(SocketId, Option<Member>)>,
+    pub told: Vec<String>,
 }
 
 /// A subscription the owner did not answer in time.
@@ -137,7 +149,15 @@ impl Hub {
 
     /// The owner answered a subscription: the socket gets the answer's frames and, when
     /// accepted, the channel's frames from now on. Nothing happens for a socket that left.
-    pub fn complete(&self, channel: &str, socket: SocketId, accepted: bool, frames: Vec<Bytes>) {
+    /// `roster` is the presence roster the frames told the socket about.
+    pub fn complete(
+        &self,
+        channel: &str,
+        socket: SocketId,
+        accepted: bool,
+        frames: Vec<Bytes>,
+        roster: Vec<String>,
+    ) {
         let mut shard = self.shard(channel);
         let Some(entry) = shard.get_mut(channel) else {
             return;
@@ -150,6 +170,12 @@ impl Hub {
                 };
                 if accepted {
                     entry.subscribers.insert(socket, pending.conn.clone());
+                    if let Some(member) = pending.member {
+                        entry.members.insert(socket, member);
+                    }
+                    entry
+                        .told
+                        .extend(roster.into_iter().map(String::into_boxed_str));
                     self.count_subscriptions(1);
                 }
                 (pending.conn, frames)
@@ -175,6 +201,7 @@ impl Hub {
         };
         let subscribed = entry.subscribers.remove(&socket).is_some();
         if subscribed {
+            entry.members.remove(&socket);
             self.count_subscriptions(-1);
         }
         let known = subscribed || entry.pending.remove(&socket).is_some();
@@ -191,19 +218,59 @@ impl Hub {
             .is_some_and(|c| c.subscribers.contains_key(&socket))
     }
 
-    /// Sends one encoded frame to every subscriber but `except`; returns how many got it.
-    pub fn deliver(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
-        let shard = self.shard(channel);
-        let Some(state) = shard.get(channel) else {
+    /// Sends an owner's frame to every subscriber but the excluded one; returns how many
+    /// got it.
+    pub fn deliver(&self, channel: &str, deliver: &Deliver) -> usize {
+        let except = deliver.except.map(|s| SocketId {
+            node: s.node,
+            seq: s.seq,
+        });
+        let mut shard = self.shard(channel);
+        let Some(state) = shard.get_mut(channel) else {
             return 0;
         };
+        if !deliver.member_added.is_empty() {
+            state.told.insert(deliver.member_added.as_str().into());
+        }
+        if !deliver.member_removed.is_empty() {
+            state.told.remove(deliver.member_removed.as_str());
+        }
         let mut delivered = 0;
         for (socket, conn) in &state.subscribers {
-            if Some(*socket) != except && conn.push(frame.clone()) == Pushed::Queued {
+            if Some(*socket) != except && conn.push(deliver.frame.clone()) == Pushed::Queued {
                 delivered += 1;
             }
         }
         delivered
+    }
+
+    /// This node's part of every channel `moved` selects (their owner changed): the
+    /// subscribed sockets with their members and what they were told. Pending
+    /// subscriptions of those channels are marked to be sent again, to the new owner.
+    pub fn parts(&self, moved: impl Fn(&str) -> bool) -> Vec<ChannelPart> {
+        let mut parts = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, channel) in shard.iter_mut().filter(|(name, _)| moved(name)) {
+                for pending in channel.pending.values_mut() {
+                    pending.unsent = true;
+                }
+                if channel.subscribers.is_empty() {
+                    continue;
+                }
+                let sockets = channel
+                    .subscribers
+                    .keys()
+                    .map(|s| (*s, channel.members.get(s).cloned()))
+                    .collect();
+                parts.push(ChannelPart {
+                    channel: name.clone(),
+                    sockets,
+                    told: channel.told.iter().map(|u| u.to_string()).collect(),
+                });
+            }
+        }
+        parts
     }
 
     /// Closes every subscriber of `channel` with `code`.

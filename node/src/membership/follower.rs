@@ -72,6 +72,7 @@ async fn run(
         mesh_addr,
         version: env!("CARGO_PKG_VERSION").into(),
         capacity: cp.capacity,
+        incarnation: shared.incarnation,
     };
     let mut backoff = BACKOFF_FIRST;
     loop {

@@ -80,6 +80,11 @@ impl ClusterView {
         })
     }
 
+    /// The process a member runs as (`NodeInfo::incarnation`).
+    pub fn incarnation_of(&self, node_id: &str) -> Option<u64> {
+        Some(self.members.get(node_id)?.node.as_ref()?.incarnation)
+    }
+
     pub fn state_of(&self, node_id: &str) -> Option<NodeState> {
         self.members
             .get(node_id)

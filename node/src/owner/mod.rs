@@ -23,13 +23,15 @@ use relaymesh_proto::codes::ErrorCode;
 use relaymesh_proto::frame::{self, PresenceMember};
 use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::{
-    self, ChannelEntry, ChannelStats, CloseSockets, Deliver, Publish, Query, Reply, SubscribeResult,
+    self, ChannelEntry, ChannelStats, CloseSockets, Deliver, Publish, Query, Reply, Resync,
+    SubscribeResult,
 };
 use serde_json::value::RawValue;
 
 use crate::app::SharedAppConfig;
 use crate::edge::outbox::SocketId;
 use crate::edge::ws::codec;
+use crate::membership::ClusterView;
 use crate::telemetry;
 use crate::webhooks::WebhookEvent;
 pub use presence::Roster;
@@ -57,8 +59,26 @@ struct CachedEvent {
 
 struct Subscriber {
     node: Arc<str>,
+    /// The node's process (its incarnation) that holds the socket.
+    incarnation: u64,
     /// The presence user the socket joined as.
     user: Option<Box<str>>,
+}
+
+/// Most messages a settling channel holds back; beyond, they are handled at once.
+const SETTLING_QUEUE_MAX: usize = 4096;
+
+/// A channel this node took over, rebuilt from the nodes' [`Resync`]s: until every node
+/// said it is done (or a deadline passes) the channel's messages wait, so that nothing
+/// is decided on a partial picture.
+struct Settling {
+    /// The members the nodes' subscribers were told about by the previous owner.
+    told: HashSet<Box<str>>,
+    queued: Vec<(Arc<str>, u64, Body)>,
+    /// The newest view a resync came from: the channel settles once every node is done
+    /// with it.
+    view_version: u64,
+    since: Instant,
 }
 
 #[derive(Default)]
@@ -72,6 +92,7 @@ struct OwnedChannel {
     roster: Option<Roster>,
     /// When the subscription count was last sent (subscription counting).
     count_sent: Option<Instant>,
+    settling: Option<Box<Settling>>,
 }
 
 impl OwnedChannel {
@@ -107,6 +128,7 @@ impl OwnedChannel {
     }
 
     /// Sends one frame to every node with subscribers, numbered.
+    /// Sends one frame to every node with subscribers, numbered.
     fn deliver(
         &mut self,
         channel: &str,
@@ -114,16 +136,67 @@ impl OwnedChannel {
         except: Option<SocketId>,
         sink: &mut dyn Sink,
     ) {
+        let deliver = Deliver {
+            frame,
+            except: except.map(Into::into),
+            ..Deliver::default()
+        };
+        self.send_to_interest(channel, deliver, sink);
+    }
+
+    /// Sends `deliver`, numbered, to every node with subscribers.
+    fn send_to_interest(&mut self, channel: &str, deliver: Deliver, sink: &mut dyn Sink) {
         self.seq += 1;
-        let except = except.map(mesh::SocketRef::from);
         for (node, _) in &self.interest {
             let body = Body::Deliver(Deliver {
                 seq: self.seq,
-                frame: frame.clone(),
-                except,
+                ..deliver.clone()
             });
             sink.send(node, channel, body);
         }
+    }
+
+    fn member_added(
+        &mut self,
+        channel: &str,
+        user_id: &str,
+        except: Option<SocketId>,
+        sink: &mut dyn Sink,
+    ) {
+        let Some(info) = self.roster.as_ref().and_then(|r| r.info(user_id)) else {
+            return;
+        };
+        let deliver = Deliver {
+            frame: codec::text_frame(&frame::member_added(channel, user_id, info)),
+            except: except.map(Into::into),
+            member_added: user_id.to_owned(),
+            ..Deliver::default()
+        };
+        self.send_to_interest(channel, deliver, sink);
+        sink.webhook(WebhookEvent::MemberAdded {
+            channel: channel.into(),
+            user_id: user_id.into(),
+        });
+    }
+
+    fn member_removed(&mut self, channel: &str, user_id: &str, sink: &mut dyn Sink) {
+        let deliver = Deliver {
+            frame: codec::text_frame(&frame::member_removed(channel, user_id)),
+            member_removed: user_id.to_owned(),
+            ..Deliver::default()
+        };
+        self.send_to_interest(channel, deliver, sink);
+        sink.webhook(WebhookEvent::MemberRemoved {
+            channel: channel.into(),
+            user_id: user_id.into(),
+        });
+    }
+
+    fn roster_ids(&self) -> Vec<String> {
+        self.roster
+            .as_ref()
+            .map(|r| r.members().map(|(id, _)| id.to_owned()).collect())
+            .unwrap_or_default()
     }
 
     fn count_frame(&mut self, channel: &str, now: Instant, sink: &mut dyn Sink) -> Bytes {
@@ -204,6 +277,15 @@ pub struct Owner {
     cache_entries_per_shard: usize,
 }
 
+/// Who sent an owner-bound message: a node and its process.
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
+    pub node: &'a str,
+    pub incarnation: u64,
+    /// The sender's view.
+    pub view_version: u64,
+}
+
 impl Owner {
     pub fn new(app_id: Arc<str>, config: SharedAppConfig, cache_entries_max: usize) -> Owner {
         Owner {
@@ -221,39 +303,73 @@ impl Owner {
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn shards(&self) -> impl Iterator<Item = MutexGuard<'_, Shard>> {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn count_owned(&self, delta: f64) {
         metrics::gauge!(telemetry::OWNED_CHANNELS, "app" => self.app_id.clone()).increment(delta);
     }
 
     /// Handles one owner-bound message about `channel` from `origin`.
-    pub fn handle(&self, origin: &str, channel: &str, body: Body, sink: &mut dyn Sink) {
+    pub fn handle(&self, origin: Origin<'_>, channel: &str, body: Body, sink: &mut dyn Sink) {
+        if let Body::ListChannels(l) = body {
+            let answer = Reply {
+                request_id: l.request_id,
+                channels: self.occupied(&l.prefix),
+                ..Reply::default()
+            };
+            return sink.send(origin.node, "", Body::Reply(answer));
+        }
+        let mut shard = self.shard(channel);
+        if let Body::Resync(resync) = body {
+            return self.resync(&mut shard, origin, channel, resync, sink);
+        }
+        if let Some(settling) = shard
+            .channels
+            .get_mut(channel)
+            .and_then(|c| c.settling.as_mut())
+            .filter(|s| s.queued.len() < SETTLING_QUEUE_MAX)
+        {
+            settling
+                .queued
+                .push((origin.node.into(), origin.incarnation, body));
+            return;
+        }
+        self.handle_locked(&mut shard, origin, channel, body, sink);
+    }
+
+    fn handle_locked(
+        &self,
+        shard: &mut Shard,
+        origin: Origin<'_>,
+        channel: &str,
+        body: Body,
+        sink: &mut dyn Sink,
+    ) {
         match body {
             Body::Subscribe(s) => {
                 if let Some(socket) = socket_of(s.socket) {
-                    self.subscribe(origin, channel, socket, s.member, sink);
+                    self.subscribe(shard, origin, channel, socket, s.member, sink);
                 }
             }
             Body::Unsubscribe(u) => {
                 if let Some(socket) = socket_of(u.socket) {
-                    self.unsubscribe(channel, socket, sink);
+                    self.unsubscribe(shard, channel, socket, sink);
                 }
             }
-            Body::Publish(p) => self.publish(origin, channel, p, sink),
-            Body::Query(q) => self.query(origin, channel, q, sink),
+            Body::Publish(p) => self.publish(shard, origin.node, channel, p, sink),
+            Body::Query(q) => self.query(shard, origin.node, channel, q, sink),
             Body::Terminate(t) => {
-                let stats = self.close_sockets(channel, sink);
-                reply(origin, channel, t.request_id, Some(stats), sink);
+                let stats = close_sockets(shard, channel, sink);
+                reply(origin.node, channel, t.request_id, Some(stats), sink);
             }
-            Body::ListChannels(l) => {
-                let channels = self.occupied(&l.prefix);
-                let answer = Reply {
-                    request_id: l.request_id,
-                    channels,
-                    ..Reply::default()
-                };
-                sink.send(origin, "", Body::Reply(answer));
-            }
-            Body::SubscribeResult(_)
+            Body::ListChannels(_)
+            | Body::Resync(_)
+            | Body::Synced(_)
+            | Body::SubscribeResult(_)
             | Body::Deliver(_)
             | Body::Reply(_)
             | Body::CloseSockets(_) => {}
@@ -265,7 +381,8 @@ impl Owner {
     /// other subscribers about a new member. A repeated subscription only gets its answer.
     fn subscribe(
         &self,
-        origin: &str,
+        shard: &mut Shard,
+        origin: Origin<'_>,
         channel: &str,
         socket: SocketId,
         member: Option<mesh::Member>,
@@ -273,74 +390,83 @@ impl Owner {
     ) {
         let config = self.config.get();
         let kind = ChannelKind::of(channel);
-        let mut shard = self.shard(channel);
-        let shard = &mut *shard;
-        let entry = shard.channels.entry(channel.into()).or_default();
-        let answer = |accepted, frames| {
+        let entry = match shard.channels.entry(channel.into()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                self.count_owned(1.0);
+                e.insert(OwnedChannel::default())
+            }
+        };
+        let answer = |accepted, frames, roster| {
             Body::SubscribeResult(SubscribeResult {
                 socket: Some(socket.into()),
                 accepted,
                 frames,
+                roster,
             })
         };
         if entry.sockets.contains_key(&socket) {
-            sink.send(
-                origin,
-                channel,
-                answer(true, vec![entry.succeeded_frame(channel)]),
+            let body = answer(
+                true,
+                vec![entry.succeeded_frame(channel)],
+                entry.roster_ids(),
             );
+            sink.send(origin.node, channel, body);
             return;
         }
         let newly_occupied = entry.sockets.is_empty();
-        let node = entry.node_key(origin);
+        let node = entry.node_key(origin.node);
         let mut user = None;
         if kind.is_presence() {
             let refuse = |message: &str, status: u16, error: &str| {
                 telemetry::count_error(Some(status), "presence_refused");
                 let text = frame::subscription_error(channel, error, message, status);
-                answer(false, vec![codec::text_frame(&text)])
+                answer(false, vec![codec::text_frame(&text)], Vec::new())
             };
-            let Some(member) = member_of(member) else {
-                if newly_occupied {
-                    shard.channels.remove(channel);
+            let refused = match member_of(member) {
+                None => Err(refuse("Invalid presence member", 400, "InvalidChannelData")),
+                Some(member) => {
+                    let roster = entry.roster.get_or_insert_with(Roster::default);
+                    let max = config.max_presence_members;
+                    if !roster.contains(&member.user_id) && roster.len() >= max {
+                        let message = format!("Presence channel is full: at most {max} members");
+                        // Over a limit, in the subscription_error shape of soketi.
+                        Err(refuse(&message, 4100, "LimitReached"))
+                    } else {
+                        Ok(member)
+                    }
                 }
-                let body = refuse("Invalid presence member", 400, "InvalidChannelData");
-                return sink.send(origin, channel, body);
             };
-            let roster = entry.roster.get_or_insert_with(Roster::default);
-            let max = config.max_presence_members;
-            if !roster.contains(&member.user_id) && roster.len() >= max {
-                if newly_occupied {
-                    shard.channels.remove(channel);
+            let member = match refused {
+                Ok(member) => member,
+                Err(body) => {
+                    if newly_occupied {
+                        shard.channels.remove(channel);
+                        self.count_owned(-1.0);
+                    }
+                    return sink.send(origin.node, channel, body);
                 }
-                let message = format!("Presence channel is full: at most {max} members");
-                let full = 4100; // over a limit, in the subscription_error shape of soketi
-                return sink.send(origin, channel, refuse(&message, full, "LimitReached"));
-            }
+            };
             let user_id = member.user_id.clone();
-            if roster.join(member) {
-                if let Some(info) = roster.info(&user_id) {
-                    let added = codec::text_frame(&frame::member_added(channel, &user_id, info));
-                    entry.deliver(channel, added, Some(socket), sink);
-                }
-                sink.webhook(WebhookEvent::MemberAdded {
-                    channel: channel.into(),
-                    user_id: user_id.as_str().into(),
-                });
+            if entry
+                .roster
+                .get_or_insert_with(Roster::default)
+                .join(member)
+            {
+                entry.member_added(channel, &user_id, Some(socket), sink);
             }
             user = Some(user_id.into_boxed_str());
         }
         let mut frames = vec![entry.succeeded_frame(channel)];
-        entry.sockets.insert(
-            socket,
-            Subscriber {
-                node: node.clone(),
-                user,
-            },
-        );
+        let roster = entry.roster_ids();
+        let subscriber = Subscriber {
+            node: node.clone(),
+            incarnation: origin.incarnation,
+            user,
+        };
+        entry.sockets.insert(socket, subscriber);
         entry.add_interest(&node);
         if newly_occupied {
-            self.count_owned(1.0);
             sink.webhook(WebhookEvent::ChannelOccupied {
                 channel: channel.into(),
             });
@@ -369,15 +495,13 @@ impl Owner {
                 }
             }
         }
-        sink.send(origin, channel, answer(true, frames));
+        sink.send(origin.node, channel, answer(true, frames, roster));
     }
 
     /// Removes a socket: `member_removed` on its user's last connection in the mesh,
     /// `channel_vacated` when the channel empties.
-    fn unsubscribe(&self, channel: &str, socket: SocketId, sink: &mut dyn Sink) {
+    fn unsubscribe(&self, shard: &mut Shard, channel: &str, socket: SocketId, sink: &mut dyn Sink) {
         let config = self.config.get();
-        let mut shard = self.shard(channel);
-        let shard = &mut *shard;
         let Entry::Occupied(mut entry) = shard.channels.entry(channel.into()) else {
             return;
         };
@@ -388,12 +512,7 @@ impl Owner {
         state.remove_interest(&gone.node);
         if let (Some(user_id), Some(roster)) = (gone.user, state.roster.as_mut()) {
             if roster.leave(&user_id) {
-                let removed = codec::text_frame(&frame::member_removed(channel, &user_id));
-                state.deliver(channel, removed, None, sink);
-                sink.webhook(WebhookEvent::MemberRemoved {
-                    channel: channel.into(),
-                    user_id,
-                });
+                state.member_removed(channel, &user_id, sink);
             }
         }
         if state.sockets.is_empty() {
@@ -417,17 +536,17 @@ impl Owner {
 
     /// Numbers the event and sends it once to every node with subscribers; on cache
     /// channels it becomes the cached event.
-    fn publish(&self, origin: &str, channel: &str, publish: Publish, sink: &mut dyn Sink) {
+    fn publish(
+        &self,
+        shard: &mut Shard,
+        origin: &str,
+        channel: &str,
+        publish: Publish,
+        sink: &mut dyn Sink,
+    ) {
         let ttl = Duration::from_secs(self.config.get().cache_ttl_secs);
-        let mut shard = self.shard(channel);
         if publish.cache && ChannelKind::of(channel).cache {
-            self.store_cache(
-                &mut shard,
-                channel,
-                publish.frame.clone(),
-                &publish.data,
-                ttl,
-            );
+            self.store_cache(shard, channel, publish.frame.clone(), &publish.data, ttl);
         }
         let stats = match shard.channels.get_mut(channel) {
             Some(state) => {
@@ -439,11 +558,17 @@ impl Owner {
         reply(origin, channel, publish.request_id, stats, sink);
     }
 
-    fn query(&self, origin: &str, channel: &str, query: Query, sink: &mut dyn Sink) {
-        let shard = self.shard(channel);
+    fn query(
+        &self,
+        shard: &mut Shard,
+        origin: &str,
+        channel: &str,
+        query: Query,
+        sink: &mut dyn Sink,
+    ) {
         let state = shard.channels.get(channel);
-        let users = match (query.users, state.and_then(|s| s.roster.as_ref())) {
-            (true, Some(roster)) => roster.members().map(|(id, _)| id.to_owned()).collect(),
+        let users = match (query.users, state) {
+            (true, Some(state)) => state.roster_ids(),
             _ => Vec::new(),
         };
         let now = Instant::now();
@@ -465,27 +590,202 @@ impl Owner {
         sink.send(origin, channel, Body::Reply(answer));
     }
 
-    /// Asks every node with subscribers of `channel` to close them (terminate_connections
-    /// on a user's `#server-to-user-` channel).
-    fn close_sockets(&self, channel: &str, sink: &mut dyn Sink) -> ChannelStats {
-        let shard = self.shard(channel);
-        let Some(state) = shard.channels.get(channel) else {
-            return ChannelStats::default();
+    /// Adds a node's sockets after the channel's owner changed. A channel this node did
+    /// not hold yet settles (see [`Settling`]): its sockets join without events. Sockets
+    /// added to a live channel are joins like any other, without an answer.
+    fn resync(
+        &self,
+        shard: &mut Shard,
+        origin: Origin<'_>,
+        channel: &str,
+        resync: Resync,
+        sink: &mut dyn Sink,
+    ) {
+        let kind = ChannelKind::of(channel);
+        let entry = match shard.channels.entry(channel.into()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                self.count_owned(1.0);
+                let settling = Settling {
+                    told: HashSet::new(),
+                    queued: Vec::new(),
+                    view_version: origin.view_version,
+                    since: Instant::now(),
+                };
+                e.insert(OwnedChannel {
+                    settling: Some(Box::new(settling)),
+                    ..OwnedChannel::default()
+                })
+            }
         };
-        for (node, _) in &state.interest {
-            let close = CloseSockets {
-                code: ErrorCode::Unauthorized.as_u16().into(),
-                reason: "You got disconnected by the app.".into(),
+        let node = entry.node_key(origin.node);
+        let settling = entry.settling.is_some();
+        for subscribe in resync.sockets {
+            let Some(socket) = socket_of(subscribe.socket) else {
+                continue;
             };
-            sink.send(node, channel, Body::CloseSockets(close));
+            if entry.sockets.contains_key(&socket) {
+                continue;
+            }
+            let mut user = None;
+            if kind.is_presence() {
+                let Some(member) = member_of(subscribe.member) else {
+                    continue;
+                };
+                let user_id = member.user_id.clone();
+                let first = entry
+                    .roster
+                    .get_or_insert_with(Roster::default)
+                    .join(member);
+                if first && !settling {
+                    entry.member_added(channel, &user_id, Some(socket), sink);
+                }
+                user = Some(user_id.into_boxed_str());
+            }
+            let subscriber = Subscriber {
+                node: node.clone(),
+                incarnation: origin.incarnation,
+                user,
+            };
+            entry.sockets.insert(socket, subscriber);
+            entry.add_interest(&node);
         }
-        state.stats()
+        if let Some(settling) = entry.settling.as_mut() {
+            settling.view_version = settling.view_version.max(origin.view_version);
+            settling
+                .told
+                .extend(resync.told_members.into_iter().map(String::into_boxed_str));
+        }
+    }
+
+    /// Ends the settling channels whose nodes are all done (every node finished view
+    /// `done_version`) or that waited `deadline`: members the nodes' subscribers knew and
+    /// that have no socket left are removed (once), members nobody was told about are
+    /// added, an empty channel is vacated; then the messages that waited are handled in
+    /// order.
+    pub fn settle(&self, done_version: u64, deadline: Duration, sink: &mut dyn Sink) {
+        let now = Instant::now();
+        for mut shard in self.shards() {
+            let settling: Vec<Box<str>> = shard
+                .channels
+                .iter()
+                .filter(|(_, c)| {
+                    c.settling.as_ref().is_some_and(|s| {
+                        s.view_version <= done_version || now >= s.since + deadline
+                    })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in settling {
+                self.settle_channel(&mut shard, &name, sink);
+            }
+        }
+    }
+
+    fn settle_channel(&self, shard: &mut Shard, channel: &str, sink: &mut dyn Sink) {
+        let Some(state) = shard.channels.get_mut(channel) else {
+            return;
+        };
+        let Some(settling) = state.settling.take() else {
+            return;
+        };
+        let Settling { told, queued, .. } = *settling;
+        let now_members: HashSet<String> = state.roster_ids().into_iter().collect();
+        for gone in told.iter().filter(|u| !now_members.contains(&***u)) {
+            state.member_removed(channel, gone, sink);
+        }
+        for new in now_members.iter().filter(|u| !told.contains(u.as_str())) {
+            state.member_added(channel, new, None, sink);
+        }
+        if state.sockets.is_empty() {
+            shard.channels.remove(channel);
+            self.count_owned(-1.0);
+            sink.webhook(WebhookEvent::ChannelVacated {
+                channel: channel.into(),
+            });
+        }
+        for (node, incarnation, body) in queued {
+            let origin = Origin {
+                node: &node,
+                incarnation,
+                view_version: 0,
+            };
+            self.handle_locked(shard, origin, channel, body, sink);
+        }
+    }
+
+    /// Follows a new view: channels another node owns now are dropped without a word
+    /// (their nodes rebuild them at the new owner), and the sockets of nodes that left
+    /// the view or restarted (a new incarnation) are removed like unsubscribes.
+    pub fn follow_view(&self, me: &str, view: &ClusterView, sink: &mut dyn Sink) {
+        let ring = view.ring();
+        let alive = |node: &str, incarnation: u64| {
+            node == me
+                || view
+                    .members
+                    .get(node)
+                    .and_then(|m| m.node.as_ref())
+                    .is_some_and(|n| n.incarnation == incarnation)
+        };
+        for mut shard in self.shards() {
+            let names: Vec<Box<str>> = shard.channels.keys().cloned().collect();
+            for name in names {
+                if ring
+                    .owner(&self.app_id, &name)
+                    .is_some_and(|owner| owner != me)
+                {
+                    shard.channels.remove(&name);
+                    shard.count_pending.remove(&name);
+                    shard.cache.remove(&name);
+                    self.count_owned(-1.0);
+                    continue;
+                }
+                let Some(state) = shard.channels.get_mut(&name) else {
+                    continue;
+                };
+                let dead: Vec<SocketId> = state
+                    .sockets
+                    .iter()
+                    .filter(|(_, s)| !alive(&s.node, s.incarnation))
+                    .map(|(id, _)| *id)
+                    .collect();
+                // The gone nodes lose their interest first, so that nothing is sent to them.
+                let mut gone_users = Vec::new();
+                for socket in dead {
+                    if let Some(gone) = state.sockets.remove(&socket) {
+                        state.remove_interest(&gone.node);
+                        gone_users.extend(gone.user);
+                    }
+                }
+                for user_id in gone_users {
+                    if state.roster.as_mut().is_some_and(|r| r.leave(&user_id)) {
+                        state.member_removed(&name, &user_id, sink);
+                    }
+                }
+                if state.sockets.is_empty() {
+                    shard.channels.remove(&name);
+                    shard.count_pending.remove(&name);
+                    self.count_owned(-1.0);
+                    sink.webhook(WebhookEvent::ChannelVacated {
+                        channel: name.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Drops every channel at once (the node lost its lease and may no longer own any).
+    pub fn forget_all(&self) {
+        for mut shard in self.shards() {
+            let owned = shard.channels.len();
+            *shard = Shard::default();
+            self.count_owned(-(owned as f64));
+        }
     }
 
     /// Sends the counts that changed while throttled, once their interval has passed.
     pub fn flush_subscription_counts(&self, now: Instant, sink: &mut dyn Sink) {
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        for mut shard in self.shards() {
             if shard.count_pending.is_empty() {
                 continue;
             }
@@ -540,10 +840,9 @@ impl Owner {
     /// Owned channels whose name starts with `prefix`, with their occupancy.
     fn occupied(&self, prefix: &str) -> Vec<ChannelEntry> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        for shard in self.shards() {
             for (name, state) in &shard.channels {
-                if name.starts_with(prefix) {
+                if name.starts_with(prefix) && !state.sockets.is_empty() {
                     out.push(ChannelEntry {
                         name: name.to_string(),
                         stats: Some(state.stats()),
@@ -553,6 +852,22 @@ impl Owner {
         }
         out
     }
+}
+
+/// Asks every node with subscribers of `channel` to close them (terminate_connections
+/// on a user's `#server-to-user-` channel).
+fn close_sockets(shard: &Shard, channel: &str, sink: &mut dyn Sink) -> ChannelStats {
+    let Some(state) = shard.channels.get(channel) else {
+        return ChannelStats::default();
+    };
+    for (node, _) in &state.interest {
+        let close = CloseSockets {
+            code: ErrorCode::Unauthorized.as_u16().into(),
+            reason: "You got disconnected by the app.".into(),
+        };
+        sink.send(node, channel, Body::CloseSockets(close));
+    }
+    state.stats()
 }
 
 /// Answers a request that asked for one (`request_id` non-zero).
@@ -578,6 +893,7 @@ mod tests {
     use super::*;
     use crate::config::AppConfig;
     use relaymesh_proto::mesh::{Subscribe, Unsubscribe};
+    use relaymesh_proto::ring::Ring;
 
     #[derive(Default)]
     struct Recorded {
@@ -665,8 +981,16 @@ mod tests {
             socket: Some(socket(seq).into()),
             member,
         });
-        owner.handle(node, channel, body, &mut sink);
+        owner.handle(origin(node), channel, body, &mut sink);
         sink
+    }
+
+    fn origin(node: &str) -> Origin<'_> {
+        Origin {
+            node,
+            incarnation: 1,
+            view_version: 1,
+        }
     }
 
     fn leave(owner: &Owner, channel: &str, seq: u64) -> Recorded {
@@ -674,7 +998,7 @@ mod tests {
         let body = Body::Unsubscribe(Unsubscribe {
             socket: Some(socket(seq).into()),
         });
-        owner.handle("any", channel, body, &mut sink);
+        owner.handle(origin("any"), channel, body, &mut sink);
         sink
     }
 
@@ -735,7 +1059,7 @@ mod tests {
                 frame: codec::text_frame("{}"),
                 ..Publish::default()
             };
-            owner.handle("c", "news", Body::Publish(publish), &mut sink);
+            owner.handle(origin("c"), "news", Body::Publish(publish), &mut sink);
         }
         let sent = sink.take().sent;
         let seqs: Vec<(String, u64)> = sent
@@ -780,5 +1104,143 @@ mod tests {
         // Unknown sockets leave without effect.
         let unknown = leave(&owner, "presence-x", 2);
         assert!(unknown.sent.is_empty() && unknown.webhooks.is_empty());
+    }
+
+    fn resync(owner: &Owner, node: &str, channel: &str, sockets: &[(u64, &str)], told: &[&str]) {
+        let resync = Resync {
+            sockets: sockets
+                .iter()
+                .map(|(seq, user)| Subscribe {
+                    socket: Some(socket(*seq).into()),
+                    member: Some(mesh::Member {
+                        user_id: (*user).into(),
+                        info: Bytes::new(),
+                    }),
+                })
+                .collect(),
+            told_members: told.iter().map(|u| (*u).to_owned()).collect(),
+        };
+        owner.handle(
+            origin(node),
+            channel,
+            Body::Resync(resync),
+            &mut Recorded::default(),
+        );
+    }
+
+    #[test]
+    fn a_rebuilt_channel_removes_only_the_members_that_left() {
+        let owner = owner(100);
+        let room = "presence-moved";
+        // u3 was only on a node that died: nobody resyncs it.
+        resync(&owner, "a", room, &[(1, "u1")], &["u1", "u2", "u3"]);
+        resync(
+            &owner,
+            "b",
+            room,
+            &[(2, "u2"), (3, "u1")],
+            &["u1", "u2", "u3"],
+        );
+        let mut held = Recorded::default();
+        let publish = Publish {
+            frame: codec::text_frame("{}"),
+            ..Publish::default()
+        };
+        owner.handle(origin("c"), room, Body::Publish(publish), &mut held);
+        assert!(
+            held.sent.is_empty(),
+            "a settling channel holds messages back"
+        );
+
+        let mut settled = Recorded::default();
+        owner.settle(0, Duration::from_secs(60), &mut settled);
+        assert!(
+            settled.sent.is_empty(),
+            "not every node is done with view 1 yet"
+        );
+        owner.settle(1, Duration::from_secs(60), &mut settled);
+        let delivered = settled.delivered();
+        assert_eq!(delivered.len(), 4, "{delivered:?}");
+        assert!(delivered[..2]
+            .iter()
+            .all(|(_, f)| f.contains("member_removed") && f.contains("u3")));
+        assert!(delivered[2..].iter().all(|(_, f)| f == "{}"));
+        assert_eq!(settled.webhook_names(), ["member_removed"]);
+    }
+
+    fn view(members: &[(&str, u64)]) -> ClusterView {
+        use relaymesh_proto::control::{Member, NodeInfo, NodeState, ViewUpdate};
+        let mut view = ClusterView::default();
+        let members = members
+            .iter()
+            .map(|(id, incarnation)| Member {
+                node: Some(NodeInfo {
+                    node_id: (*id).into(),
+                    incarnation: *incarnation,
+                    ..NodeInfo::default()
+                }),
+                state: NodeState::Active as i32,
+            })
+            .collect();
+        let update = ViewUpdate {
+            version: 1,
+            full: true,
+            members,
+            ..ViewUpdate::default()
+        };
+        view.apply(update).unwrap();
+        view
+    }
+
+    #[test]
+    fn a_new_view_drops_moved_channels_and_the_sockets_of_gone_nodes() {
+        let owner = owner(100);
+        let ring = Ring::new(["a", "b"]);
+        let mine = (0..)
+            .map(|i| format!("presence-{i}"))
+            .find(|c| ring.owner("app-id", c) == Some("a"))
+            .unwrap();
+        let theirs = (0..)
+            .map(|i| format!("presence-{i}"))
+            .find(|c| ring.owner("app-id", c) == Some("b"))
+            .unwrap();
+        join(&owner, "a", &mine, 1, Some("u1"));
+        join(&owner, "b", &mine, 2, Some("u2"));
+        join(&owner, "c", &mine, 3, Some("u3"));
+        join(&owner, "a", &theirs, 4, Some("u1"));
+        // c is gone, b restarted (another incarnation), a is this node.
+        let mut sink = Recorded::default();
+        owner.follow_view("a", &view(&[("a", 1), ("b", 2)]), &mut sink);
+        // One member_removed per user, only to the node still there, one webhook each.
+        let removed: Vec<(String, String)> = sink
+            .delivered()
+            .into_iter()
+            .filter(|(_, f)| f.contains("member_removed"))
+            .collect();
+        let to = |user: &str| -> Vec<&str> {
+            removed
+                .iter()
+                .filter(|(_, f)| f.contains(user))
+                .map(|(n, _)| n.as_str())
+                .collect()
+        };
+        assert_eq!((to("u3"), to("u2")), (vec!["a"], vec!["a"]));
+        assert_eq!(sink.webhook_names(), ["member_removed", "member_removed"]);
+        let mut query = Recorded::default();
+        let q = Body::Query(Query {
+            request_id: 1,
+            users: true,
+        });
+        owner.handle(origin("a"), &mine, q.clone(), &mut query);
+        owner.handle(origin("a"), &theirs, q, &mut query);
+        let users: Vec<Vec<String>> = query
+            .sent
+            .iter()
+            .filter_map(|(_, _, b)| match b {
+                Body::Reply(r) => Some(r.users.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(users, [vec!["u1".to_owned()], vec![]]);
     }
 }
