@@ -58,6 +58,10 @@ pub struct Shared {
     /// Send this node's part of every channel to its owner at the next chance (after a
     /// re-registration, or when a resync could not be sent).
     pub resync_all: AtomicBool,
+    /// This node's lease with the control plane.
+    pub lease: membership::Lease,
+    /// Set while the node must not own channels (`rebalance::must_fence`).
+    pub fenced: AtomicBool,
     /// First half of every socket id of this node: random, so ids differ across nodes.
     socket_node: u64,
     next_socket: AtomicU64,
@@ -78,7 +82,13 @@ impl Shared {
 
     /// Takes new connections and can reach every channel's owner.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && route::mesh_complete(self)
+        !self.is_draining() && !self.is_fenced() && route::mesh_complete(self)
+    }
+
+    /// Lost its lease while the cluster goes on: another node may own its channels now,
+    /// so it must not act as an owner until it registers again.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
     }
 
     /// Stops taking new connections (`/readyz` answers 503).
@@ -187,6 +197,8 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         incarnation: rand::random::<u64>() | 1,
         progress: rebalance::Progress::default(),
         resync_all: AtomicBool::new(false),
+        lease: membership::Lease::default(),
+        fenced: AtomicBool::new(false),
         socket_node: rand::random::<u32>() as u64,
         next_socket: AtomicU64::new(1),
         draining: AtomicBool::new(false),

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::{Resync, Subscribe, Synced};
@@ -26,41 +26,94 @@ use crate::{route, Shared};
 
 /// How long a rebuilt channel waits for members that do not say they are done.
 pub const SETTLE_DEADLINE: Duration = Duration::from_secs(2);
+/// How often the lease is checked for fencing, and settling deadlines.
+const FENCE_CHECK: Duration = Duration::from_millis(100);
+/// How often (in fence checks) every member hears when this node renewed its lease.
+const LEASE_NEWS_EVERY: u32 = 2;
 /// Sockets per Resync message, to stay far below the mesh frame limit.
 const SOCKETS_PER_RESYNC: usize = 256;
 
-/// Which view each member is done with.
+/// What each member last said: the view it is done with, whether it holds its lease.
 #[derive(Default)]
 pub struct Progress {
-    done: Mutex<HashMap<String, u64>>,
+    members: Mutex<HashMap<String, Heard>>,
+}
+
+#[derive(Clone, Copy)]
+struct Heard {
+    done: u64,
+    /// When the member last renewed its lease, as far as this node can tell.
+    renewed_at: Option<Instant>,
 }
 
 impl Progress {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, u64>> {
-        self.done.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Heard>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record(&self, node: &str, version: u64) {
-        let mut done = self.lock();
-        let entry = done.entry(node.to_owned()).or_default();
-        *entry = (*entry).max(version);
+    fn record(&self, node: &str, version: u64, renewed_at: Option<Instant>) {
+        let mut members = self.lock();
+        let done = members.get(node).map_or(version, |h| h.done.max(version));
+        // Bounded by the view: members that left are forgotten in `forget_gone`.
+        members.insert(node.to_owned(), Heard { done, renewed_at });
+    }
+
+    fn forget_gone(&self, view: &ClusterView) {
+        self.lock().retain(|id, _| view.members.contains_key(id));
     }
 
     /// The newest view every member of `view` (this node included) is done with.
     fn everyone_done(&self, view: &ClusterView) -> u64 {
-        let done = self.lock();
+        let members = self.lock();
         view.members
             .keys()
-            .map(|id| done.get(id).copied().unwrap_or(0))
+            .map(|id| members.get(id).map_or(0, |h| h.done))
             .min()
             .unwrap_or(0)
     }
+
+    /// Whether another member renewed its lease after `after`.
+    fn renewed_since(&self, me: &str, after: Instant) -> bool {
+        self.lock()
+            .iter()
+            .any(|(id, h)| id != me && h.renewed_at.is_some_and(|at| at > after))
+    }
 }
 
-/// A member is done with `version`.
-pub fn synced(shared: &Shared, node: &str, version: u64) {
-    shared.progress.record(node, version);
+/// A member is done with `version` and last renewed its lease `renewed_ago`.
+pub fn synced(shared: &Shared, node: &str, version: u64, renewed_ago: Option<Duration>) {
+    let renewed_at = renewed_ago.and_then(|ago| Instant::now().checked_sub(ago));
+    shared.progress.record(node, version, renewed_at);
     settle(shared);
+}
+
+/// Whether this node must stop owning channels. It has not renewed its lease for half
+/// the TTL (so it stops before the control plane expires it and gives its channels to
+/// others), and either the cluster goes on without it (another member renewed two
+/// heartbeats after this node last did) or it can reach no other member. A control plane
+/// that is down for everyone fences no one: nobody renews, and the data plane keeps going
+/// with the last view.
+pub fn must_fence(shared: &Shared) -> bool {
+    if shared.config.control_plane.endpoint.is_none() || !shared.lease.in_doubt() {
+        return false;
+    }
+    let Some(renewed_at) = shared.lease.renewed_at() else {
+        return false;
+    };
+    let view = shared.view.borrow();
+    let others: Vec<&String> = view
+        .members
+        .keys()
+        .filter(|id| **id != shared.node_id)
+        .collect();
+    if others.is_empty() {
+        return false;
+    }
+    let cut_off = others.iter().all(|id| shared.peers.link(id).is_none());
+    let left_behind = shared
+        .progress
+        .renewed_since(&shared.node_id, renewed_at + 2 * shared.lease.heartbeat());
+    cut_off || left_behind
 }
 
 /// Settles the rebuilt channels whose members are all done, or that waited too long.
@@ -77,7 +130,8 @@ pub fn spawn(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHandle
     tokio::spawn(async move {
         let mut views = shared.view.subscribe();
         let mut previous = views.borrow_and_update().clone();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(FENCE_CHECK);
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
                 changed = views.changed() => {
@@ -89,7 +143,12 @@ pub fn spawn(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHandle
                     previous = view;
                 }
                 _ = tick.tick() => {
-                    if shared.resync_all.load(Ordering::Relaxed) {
+                    ticks = ticks.wrapping_add(1);
+                    if ticks % LEASE_NEWS_EVERY == 0 {
+                        tell_members(&shared, previous.version);
+                    }
+                    fence(&shared);
+                    if !shared.is_fenced() && shared.resync_all.load(Ordering::Relaxed) {
                         follow(&shared, &previous, &previous.clone());
                     }
                     settle(&shared);
@@ -98,6 +157,25 @@ pub fn spawn(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHandle
             }
         }
     })
+}
+
+/// A node that lost its lease drops every channel it owned (others own them now) and
+/// says so in its metrics and /readyz; once it registers again, it sends its part of
+/// every channel to the owners (the follower asks for that).
+pub fn fence(shared: &Shared) {
+    let now = must_fence(shared);
+    if shared.fenced.swap(now, Ordering::Relaxed) == now {
+        return;
+    }
+    metrics::gauge!(crate::telemetry::FENCED).set(if now { 1.0 } else { 0.0 });
+    if now {
+        tracing::warn!("lease lost: this node owns no channel until it registers again");
+        for app in shared.apps.all() {
+            app.owner.forget_all();
+        }
+    } else {
+        tracing::info!("lease regained: owning channels again");
+    }
 }
 
 /// Whether `channel` of `app` has another owner, or an owner that restarted, in `view`.
@@ -144,12 +222,21 @@ fn follow(shared: &Shared, previous: &ClusterView, view: &ClusterView) {
         shared.resync_all.store(true, Ordering::Relaxed);
     }
     route::retry_unsent(shared);
-    shared.progress.record(&shared.node_id, view.version);
-    route::to_every_member(
-        shared,
-        Body::Synced(Synced {
-            view_version: view.version,
-        }),
-    );
+    shared.progress.forget_gone(view);
+    shared
+        .progress
+        .record(&shared.node_id, view.version, shared.lease.renewed_at());
+    tell_members(shared, view.version);
     settle(shared);
+}
+
+fn tell_members(shared: &Shared, view_version: u64) {
+    let synced = Synced {
+        view_version,
+        lease_renewed_ms_ago: shared
+            .lease
+            .renewed_at()
+            .map(|at| at.elapsed().as_millis() as u64),
+    };
+    route::to_every_member(shared, Body::Synced(synced));
 }

@@ -51,6 +51,8 @@ pub enum RouteError {
     UnknownApp(String),
     #[error("this node has not joined its cluster yet")]
     NotInCluster,
+    #[error("node {0} lost its lease with the control plane and owns no channel until it registers again")]
+    Fenced(String),
 }
 
 /// A request's id → the node it waits for and where its answer goes.
@@ -106,6 +108,9 @@ fn owner_of(shared: &Shared, app_id: &str, channel: &str) -> Result<Option<Strin
     // Before its first view, or while no member is active yet, there is no owner.
     match view.ring().owner(app_id, channel) {
         None => Err(RouteError::NotInCluster),
+        Some(owner) if owner == shared.node_id && shared.is_fenced() => {
+            Err(RouteError::Fenced(owner.to_owned()))
+        }
         Some(owner) if owner == shared.node_id => Ok(None),
         Some(owner) => Ok(Some(owner.to_owned())),
     }
@@ -215,6 +220,9 @@ impl Waiting {
         };
         if reply.status == reply::Status::UnknownApp as i32 {
             return Err(RouteError::UnknownApp(self.node));
+        }
+        if reply.status == reply::Status::Fenced as i32 {
+            return Err(RouteError::Fenced(self.node));
         }
         let owner = if self.local { "local" } else { "remote" };
         metrics::histogram!(telemetry::PUBLISH_TO_OWNER, "owner" => owner)
@@ -389,7 +397,13 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
         return dropped(peer, "empty");
     };
     if let Body::Synced(synced) = body {
-        return crate::rebalance::synced(shared, &envelope.origin, synced.view_version);
+        let renewed_ago = synced.lease_renewed_ms_ago.map(Duration::from_millis);
+        return crate::rebalance::synced(
+            shared,
+            &envelope.origin,
+            synced.view_version,
+            renewed_ago,
+        );
     }
     let Some(app) = shared.apps.by_id(&envelope.app_id) else {
         dropped(peer, "unknown_app");
@@ -416,6 +430,10 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
     if !is_owner_bound(&body) {
         return edge_receive(shared, &app, &envelope.channel, body);
     }
+    // A resync numbers nothing: keep it, the sender's view is newer than this node's.
+    if shared.is_fenced() && !matches!(body, Body::Resync(_)) {
+        return refuse_fenced(shared, &envelope, &body);
+    }
     let newer_or_same = shared.view.borrow().version >= envelope.view_version;
     if let Ok(Some(owner)) = owner_of(shared, &app.id, &envelope.channel) {
         if newer_or_same && envelope.hops < HOPS_MAX {
@@ -429,6 +447,36 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
         }
     }
     owner_receive(shared, &app, origin, &envelope.channel, body);
+}
+
+/// A fenced node answers what asks for an answer with an error and drops the rest.
+fn refuse_fenced(shared: &Shared, envelope: &Envelope, body: &Body) {
+    dropped(&envelope.origin, "fenced");
+    let id = request_id(body);
+    let answer = match body {
+        _ if id != 0 => Body::Reply(Reply {
+            request_id: id,
+            status: reply::Status::Fenced as i32,
+            ..Reply::default()
+        }),
+        Body::Subscribe(subscribe) => {
+            let text = relaymesh_proto::frame::subscription_error(
+                &envelope.channel,
+                "ServiceUnavailable",
+                &RouteError::Fenced(shared.node_id.clone()).to_string(),
+                503,
+            );
+            Body::SubscribeResult(relaymesh_proto::mesh::SubscribeResult {
+                socket: subscribe.socket,
+                accepted: false,
+                frames: vec![crate::edge::ws::codec::text_frame(&text)],
+                roster: Vec::new(),
+            })
+        }
+        _ => return,
+    };
+    let answer = self::envelope(shared, &envelope.app_id, &envelope.channel, answer);
+    let _ = send(shared, &envelope.origin, &answer);
 }
 
 /// Sends `body` to the edge of every other member of the view that has a link.

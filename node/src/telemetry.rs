@@ -38,6 +38,8 @@ pub const MESH_BYTES_OUT: &str = "relaymesh_mesh_bytes_out_total";
 pub const MESH_DROPPED: &str = "relaymesh_mesh_dropped_total";
 /// Messages passed on to the owner of a newer view.
 pub const MESH_FORWARDED: &str = "relaymesh_mesh_forwarded_total";
+/// 1 while the node has lost its lease and acts as owner of nothing.
+pub const FENCED: &str = "relaymesh_fenced";
 /// Channels this node owns that have subscribers somewhere, by app.
 pub const OWNED_CHANNELS: &str = "relaymesh_owned_channels";
 /// From sending an HTTP publish to its owner until the owner accepted it, by owner

@@ -8,6 +8,7 @@ mod support;
 mod auth;
 mod cli_apps;
 mod convergence;
+mod fencing;
 mod lease;
 mod mesh;
 mod ops;

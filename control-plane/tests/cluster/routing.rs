@@ -31,17 +31,7 @@ impl Cluster {
     /// A control plane and three mesh nodes (`a`, `b`, `c`) serving the development app
     /// (adjusted by `app`), ready: active and linked to each other.
     pub(crate) async fn start(transport: MeshTransport, app: impl Fn(&mut AppConfig)) -> Cluster {
-        let dir = DataDir::new("routing");
-        let ca_dir = dir.path().join("ca");
-        ClusterCa::generate().unwrap().save(&ca_dir).unwrap();
-        let cp = ControlPlane::start(&dir).await;
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            cp,
-            ca_dir,
-            transport,
-            _dir: dir,
-        };
+        let mut cluster = Cluster::empty(transport).await;
         for id in ["a", "b", "c"] {
             cluster.add_node(id, &app).await;
         }
@@ -49,10 +39,36 @@ impl Cluster {
         cluster
     }
 
+    /// A control plane without nodes.
+    pub(crate) async fn empty(transport: MeshTransport) -> Cluster {
+        let dir = DataDir::new("routing");
+        let ca_dir = dir.path().join("ca");
+        ClusterCa::generate().unwrap().save(&ca_dir).unwrap();
+        let cp = ControlPlane::start(&dir).await;
+        Cluster {
+            nodes: Vec::new(),
+            cp,
+            ca_dir,
+            transport,
+            _dir: dir,
+        }
+    }
+
     /// Starts one more node (not waiting for it to be ready).
     pub(crate) async fn add_node(&mut self, id: &str, app: impl Fn(&mut AppConfig)) {
+        let endpoint = self.cp.endpoint();
+        self.add_node_at(id, &endpoint, app).await;
+    }
+
+    /// Starts one more node that reaches the control plane at `endpoint`.
+    pub(crate) async fn add_node_at(
+        &mut self,
+        id: &str,
+        endpoint: &str,
+        app: impl Fn(&mut AppConfig),
+    ) {
         let (ca_dir, transport) = (self.ca_dir.clone(), self.transport);
-        let node = Node::start_configured(&self.cp.endpoint(), id, "eu", JOIN_TOKEN, |config| {
+        let node = Node::start_configured(endpoint, id, "eu", JOIN_TOKEN, |config| {
             let mut dev = AppConfig::development();
             app(&mut dev);
             config.apps = vec![dev];

@@ -151,6 +151,15 @@ async fn follow(
         .await?
         .into_inner();
     *registered = true;
+    let ttl = Duration::from_millis(lease.ttl_ms);
+    let heartbeat = Duration::from_millis(lease.heartbeat_ms.max(10));
+    shared.lease.renewed(ttl, heartbeat);
+    // At once: owners that see this node again may send it their parts right away.
+    crate::rebalance::fence(shared);
+    if shared.lease.registered_before() {
+        // Owners may have removed this node's sockets while it was away.
+        shared.resync_all.store(true, Ordering::Relaxed);
+    }
     tracing::info!(
         node_id = info.node_id,
         ttl_ms = lease.ttl_ms,
@@ -162,7 +171,7 @@ async fn follow(
         .await?
         .into_inner();
     let mut updates = client.watch(WatchRequest {}).await?.into_inner();
-    let mut ticker = tokio::time::interval(Duration::from_millis(lease.heartbeat_ms.max(10)));
+    let mut ticker = tokio::time::interval(heartbeat);
     let mut meter = LoadMeter::new(shared);
     let mut view = ClusterView::default();
     loop {
@@ -173,6 +182,7 @@ async fn follow(
             }
             answer = answers.message() => {
                 answer?.ok_or(FollowError::Ended("keepalive"))?;
+                shared.lease.renewed(ttl, heartbeat);
             }
             update = updates.message() => {
                 let update = update?.ok_or(FollowError::Ended("watch"))?;

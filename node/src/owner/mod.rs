@@ -93,6 +93,9 @@ struct OwnedChannel {
     /// When the subscription count was last sent (subscription counting).
     count_sent: Option<Instant>,
     settling: Option<Box<Settling>>,
+    /// The newest view a node subscribed or resynced with: a view older than that does
+    /// not take the channel away (this node just has not seen the newer one yet).
+    newest_view: u64,
 }
 
 impl OwnedChannel {
@@ -416,6 +419,7 @@ impl Owner {
         }
         let newly_occupied = entry.sockets.is_empty();
         let node = entry.node_key(origin.node);
+        entry.newest_view = entry.newest_view.max(origin.view_version);
         let mut user = None;
         if kind.is_presence() {
             let refuse = |message: &str, status: u16, error: &str| {
@@ -619,6 +623,7 @@ impl Owner {
             }
         };
         let node = entry.node_key(origin.node);
+        entry.newest_view = entry.newest_view.max(origin.view_version);
         let settling = entry.settling.is_some();
         for subscribe in resync.sockets {
             let Some(socket) = socket_of(subscribe.socket) else {
@@ -730,10 +735,12 @@ impl Owner {
         for mut shard in self.shards() {
             let names: Vec<Box<str>> = shard.channels.keys().cloned().collect();
             for name in names {
-                if ring
-                    .owner(&self.app_id, &name)
-                    .is_some_and(|owner| owner != me)
-                {
+                let newer = shard
+                    .channels
+                    .get(&name)
+                    .is_some_and(|c| c.newest_view > view.version);
+                let elsewhere = ring.owner(&self.app_id, &name).is_some_and(|o| o != me);
+                if elsewhere && !newer {
                     shard.channels.remove(&name);
                     shard.count_pending.remove(&name);
                     shard.cache.remove(&name);

@@ -55,7 +55,8 @@ impl From<crate::route::RouteError> for ApiError {
             | RouteError::Busy(_)
             | RouteError::TooManyRequests
             | RouteError::UnknownApp(_)
-            | RouteError::NotInCluster => StatusCode::SERVICE_UNAVAILABLE,
+            | RouteError::NotInCluster
+            | RouteError::Fenced(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         crate::telemetry::count_error(Some(status.as_u16()), "owner_unavailable");
         ApiError::new(status, e.to_string())

@@ -18,6 +18,12 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if shared.is_fenced() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fenced: this node lost its lease with the control plane\n",
+        )
+            .into_response()
     } else if !shared.is_ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
