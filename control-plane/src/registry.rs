@@ -175,6 +175,16 @@ impl Registry {
         Ok(update)
     }
 
+    /// Drains the node holding `lease_id`.
+    pub fn drain_lease(&mut self, lease_id: &str) -> Result<Option<ViewUpdate>, RegistryError> {
+        let node_id = self
+            .leases
+            .get(lease_id)
+            .ok_or(RegistryError::UnknownLease)?
+            .clone();
+        self.drain(&node_id)
+    }
+
     /// Removes every node whose lease ran out; one update for all of them.
     pub fn expire(&mut self, now: Instant) -> Option<(Vec<String>, ViewUpdate)> {
         let expired: Vec<String> = self

@@ -365,6 +365,22 @@ impl Membership for Service {
         )
     }
 
+    async fn drain_self(
+        &self,
+        request: Request<DrainSelfRequest>,
+    ) -> Result<Response<DrainSelfResponse>, Status> {
+        observed(
+            "DrainSelf",
+            (|| {
+                let mut state = self.lock();
+                if let Some(update) = state.registry.drain_lease(&request.get_ref().lease_id)? {
+                    self.commit(&mut state, update, false)?;
+                }
+                Ok(Response::new(DrainSelfResponse {}))
+            })(),
+        )
+    }
+
     type WatchStream = BoxStream<ViewUpdate>;
 
     async fn watch(

@@ -31,6 +31,9 @@ pub struct Config {
     pub timestamp_window_secs: u64,
     /// Cache channel entries kept per app; the oldest are evicted beyond it.
     pub cache_entries_max: usize,
+    /// Seconds a draining node (SIGTERM, or drained by an operator) waits for its clients
+    /// to move to other nodes before it exits anyway.
+    pub drain_timeout_secs: u64,
     pub webhooks: WebhookConfig,
     /// Joining a cluster: without an endpoint the node runs standalone.
     pub control_plane: ControlPlaneConfig,
@@ -46,6 +49,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6001)),
             activity_timeout_secs: 120,
+            drain_timeout_secs: 30,
             pong_timeout_secs: 30,
             outbox_frames_max: 1024,
             outbox_bytes_max: 1 << 20,

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod config;
+pub mod drain;
 pub mod edge;
 pub mod hub;
 pub mod membership;
@@ -62,6 +63,10 @@ pub struct Shared {
     pub lease: membership::Lease,
     /// Set while the node must not own channels (`rebalance::must_fence`).
     pub fenced: AtomicBool,
+    /// Set when the node wants the control plane to mark it draining.
+    pub drain_requested: watch::Sender<bool>,
+    /// Set when a drain finished: the process may exit.
+    pub drained: watch::Sender<bool>,
     /// First half of every socket id of this node: random, so ids differ across nodes.
     socket_node: u64,
     next_socket: AtomicU64,
@@ -94,6 +99,11 @@ impl Shared {
     /// Stops taking new connections (`/readyz` answers 503).
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks the control plane (through the follower) to mark this node draining.
+    pub fn request_drain(&self) {
+        self.drain_requested.send_replace(true);
     }
 }
 
@@ -199,6 +209,8 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         resync_all: AtomicBool::new(false),
         lease: membership::Lease::default(),
         fenced: AtomicBool::new(false),
+        drain_requested: watch::Sender::new(false),
+        drained: watch::Sender::new(false),
         socket_node: rand::random::<u32>() as u64,
         next_socket: AtomicU64::new(1),
         draining: AtomicBool::new(false),

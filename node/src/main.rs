@@ -146,8 +146,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     println!("  WebSocket: ws://{addr}/app/<key>   HTTP API: http://{addr}/apps/<id>/events   metrics: http://{addr}/metrics");
     tracing::info!(%addr, "node started");
-    shutdown_signal().await;
-    tracing::info!("shutting down: asking clients to reconnect elsewhere");
+    let mut drained = node.shared().drained.subscribe();
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("draining: the node leaves the ring, then its clients move elsewhere");
+            relaymesh_node::drain::drain(node.shared().clone()).await;
+        }
+        // An operator drained the node (`relaymesh-control ctl drain`).
+        _ = drained.wait_for(|d| *d) => {}
+    }
+    tracing::info!("shutting down");
     node.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -63,7 +63,7 @@ impl Progress {
     }
 
     /// The newest view every member of `view` (this node included) is done with.
-    fn everyone_done(&self, view: &ClusterView) -> u64 {
+    pub(crate) fn everyone_done(&self, view: &ClusterView) -> u64 {
         let members = self.lock();
         view.members
             .keys()

@@ -130,3 +130,71 @@ async fn a_leaving_node_takes_only_its_own_members_away() {
     }
     cluster.shutdown().await;
 }
+
+/// Drain (SIGTERM or an operator): the node leaves the ring while its clients are still
+/// there, its channels move, then its clients are sent away with 4200; subscribers
+/// elsewhere miss nothing and see only the drained node's users leave.
+async fn drain_moves_channels_then_clients(by_operator: bool) {
+    let cluster = Cluster::start(MeshTransport::Quic, |_| {}).await;
+    let room = owned_by("b", "presence-hall-");
+    let news = owned_by("b", "news-");
+    let mut u1 = cluster.node("a").connect(KEY).await;
+    let mut u2 = cluster.node("b").connect(KEY).await;
+    join_presence(&mut u1, &room, "u1").await;
+    join_presence(&mut u2, &room, "u2").await;
+    expect_event(&mut u1, "pusher_internal:member_added").await;
+    let mut reader = cluster.node("c").connect(KEY).await;
+    subscribe_public(&mut reader, &news).await;
+
+    let b = cluster.node("b");
+    if by_operator {
+        cluster
+            .cp
+            .operator()
+            .await
+            .drain_node(relaymesh_proto::control::DrainNodeRequest {
+                node_id: "b".into(),
+            })
+            .await
+            .unwrap();
+    } else {
+        tokio::spawn(relaymesh_node::drain::drain(b.handle.shared().clone()));
+    }
+    let (code, _) = u2.closed().await;
+    assert_eq!(code, Some(4200));
+    let mut drained = b.handle.shared().drained.subscribe();
+    tokio::time::timeout(WAIT, drained.wait_for(|d| *d))
+        .await
+        .expect("the drain finishes once the clients are gone")
+        .unwrap();
+    assert_eq!(b.readyz().await, 503);
+    // u2's only connection went: removed once; u1 stays and hears of nobody else.
+    let removed = expect_event(&mut u1, "pusher_internal:member_removed").await;
+    assert_eq!(removed.data["user_id"], "u2");
+    expect_quiet(&mut u1).await;
+    // b's channels have other owners now; publishing through b's peers reaches c.
+    let (status, answer) = trigger(cluster.node("a"), &[&news], "after-drain", "d").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(expect_event(&mut reader, "after-drain").await.data, "d");
+    expect_quiet(&mut reader).await;
+    let (_, users) = api(
+        cluster.node("c"),
+        "GET",
+        &format!("/channels/{room}/users"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(users, serde_json::json!({"users": [{"id": "u1"}]}));
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_drained_on_sigterm_hands_over_then_sends_clients_away() {
+    drain_moves_channels_then_clients(false).await;
+}
+
+#[tokio::test]
+async fn a_node_drained_by_an_operator_hands_over_then_sends_clients_away() {
+    drain_moves_channels_then_clients(true).await;
+}

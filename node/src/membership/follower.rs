@@ -12,7 +12,8 @@ use rand::Rng;
 use relaymesh_proto::bearer::BearerToken;
 use relaymesh_proto::control::membership_client::MembershipClient;
 use relaymesh_proto::control::{
-    KeepAliveRequest, LeaveRequest, NodeInfo, NodeLoad, NodeState, RegisterRequest, WatchRequest,
+    DrainSelfRequest, KeepAliveRequest, LeaveRequest, NodeInfo, NodeLoad, NodeState,
+    RegisterRequest, WatchRequest,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -131,7 +132,7 @@ impl LoadMeter {
 
 /// One session with the control plane; returns `Ok` only when the node stops.
 async fn follow(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     endpoint: &str,
     info: &NodeInfo,
     stop: &mut watch::Receiver<bool>,
@@ -173,6 +174,8 @@ async fn follow(
     let mut updates = client.watch(WatchRequest {}).await?.into_inner();
     let mut ticker = tokio::time::interval(heartbeat);
     let mut meter = LoadMeter::new(shared);
+    let mut drain_requested = shared.drain_requested.subscribe();
+    let mut drain_sent = false;
     let mut view = ClusterView::default();
     loop {
         tokio::select! {
@@ -192,10 +195,15 @@ async fn follow(
                     shared.apps.sync_registry(view.app_configs());
                 }
                 if view.state_of(&info.node_id) == Some(NodeState::Draining) && !shared.is_draining() {
-                    tracing::warn!("the control plane marked this node draining: refusing new connections");
+                    tracing::warn!("the control plane marked this node draining: moving its clients elsewhere");
                     shared.set_draining();
+                    tokio::spawn(crate::drain::drain(shared.clone()));
                 }
                 shared.view.send_replace(Arc::new(view.clone()));
+            }
+            _ = async { drain_requested.wait_for(|d| *d).await.map(|_| ()) }, if !drain_sent => {
+                drain_sent = true;
+                client.drain_self(DrainSelfRequest { lease_id: lease.lease_id.clone() }).await?;
             }
             _ = stop.changed() => {
                 let leave = client.leave(LeaveRequest { lease_id: lease.lease_id.clone() });
