@@ -137,7 +137,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("relaymesh-node listening on {addr}");
     if let Some(endpoint) = control_plane {
         println!(
-            "  node {} following the control plane at {endpoint}; apps come from its registry",
+            "  node {} following the control plane at {endpoint}; its registry's apps are served too",
             node.shared().node_id
         );
     }
