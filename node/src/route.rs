@@ -305,8 +305,8 @@ impl Sink for Dispatch<'_> {
             edge_receive(self.shared, self.app, channel, body);
         } else {
             let envelope = envelope(self.shared, &self.app.id, channel, body);
-            // A lost delivery is counted in `send`; the node recovers its interest when the
-            // link comes back (issue 6).
+            // A lost delivery is counted in `send`; the owner keeps the node's sockets and
+            // delivers again once the link is back.
             let _ = send(self.shared, node, &envelope);
         }
     }
@@ -321,13 +321,6 @@ fn owner_receive(shared: &Shared, app: &App, origin: Origin<'_>, channel: &str, 
     app.owner.handle(origin, channel, body, &mut dispatch);
 }
 
-fn socket_id(socket: Option<relaymesh_proto::mesh::SocketRef>) -> Option<SocketId> {
-    socket.map(|s| SocketId {
-        node: s.node,
-        seq: s.seq,
-    })
-}
-
 /// An edge-bound message from an owner (this node's or another's).
 fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body) {
     match body {
@@ -336,7 +329,7 @@ fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body) {
             app.count_delivered(delivered);
         }
         Body::SubscribeResult(result) => {
-            if let Some(socket) = socket_id(result.socket) {
+            if let Some(socket) = result.socket.map(SocketId::from) {
                 let (accepted, frames, roster) = (result.accepted, result.frames, result.roster);
                 app.hub.complete(channel, socket, accepted, frames, roster);
             }

@@ -45,6 +45,25 @@ impl SocketId {
     }
 }
 
+/// The mesh's form of a socket id.
+impl From<SocketId> for relaymesh_proto::mesh::SocketRef {
+    fn from(s: SocketId) -> Self {
+        relaymesh_proto::mesh::SocketRef {
+            node: s.node,
+            seq: s.seq,
+        }
+    }
+}
+
+impl From<relaymesh_proto::mesh::SocketRef> for SocketId {
+    fn from(s: relaymesh_proto::mesh::SocketRef) -> Self {
+        SocketId {
+            node: s.node,
+            seq: s.seq,
+        }
+    }
+}
+
 impl fmt::Display for SocketId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.node, self.seq)

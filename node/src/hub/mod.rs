@@ -221,10 +221,7 @@ impl Hub {
     /// Sends an owner's frame to every subscriber but the excluded one; returns how many
     /// got it.
     pub fn deliver(&self, channel: &str, deliver: &Deliver) -> usize {
-        let except = deliver.except.map(|s| SocketId {
-            node: s.node,
-            seq: s.seq,
-        });
+        let except = deliver.except.map(SocketId::from);
         let mut shard = self.shard(channel);
         let Some(state) = shard.get_mut(channel) else {
             return 0;

@@ -240,22 +240,6 @@ fn counted(kind: ChannelKind) -> bool {
     matches!(kind.auth, ChannelAuth::Public | ChannelAuth::Private)
 }
 
-fn socket_of(socket: Option<mesh::SocketRef>) -> Option<SocketId> {
-    socket.map(|s| SocketId {
-        node: s.node,
-        seq: s.seq,
-    })
-}
-
-impl From<SocketId> for mesh::SocketRef {
-    fn from(s: SocketId) -> Self {
-        mesh::SocketRef {
-            node: s.node,
-            seq: s.seq,
-        }
-    }
-}
-
 /// The member a Subscribe carries; `None` when it is missing or its info is not JSON.
 fn member_of(member: Option<mesh::Member>) -> Option<PresenceMember> {
     let member = member?;
@@ -354,12 +338,12 @@ impl Owner {
     ) {
         match body {
             Body::Subscribe(s) => {
-                if let Some(socket) = socket_of(s.socket) {
+                if let Some(socket) = s.socket.map(SocketId::from) {
                     self.subscribe(shard, origin, channel, socket, s.member, sink);
                 }
             }
             Body::Unsubscribe(u) => {
-                if let Some(socket) = socket_of(u.socket) {
+                if let Some(socket) = u.socket.map(SocketId::from) {
                     self.unsubscribe(shard, channel, socket, sink);
                 }
             }
@@ -554,7 +538,12 @@ impl Owner {
         }
         let stats = match shard.channels.get_mut(channel) {
             Some(state) => {
-                state.deliver(channel, publish.frame, socket_of(publish.except), sink);
+                state.deliver(
+                    channel,
+                    publish.frame,
+                    publish.except.map(SocketId::from),
+                    sink,
+                );
                 Some(state.stats())
             }
             None => None,
@@ -626,7 +615,7 @@ impl Owner {
         entry.newest_view = entry.newest_view.max(origin.view_version);
         let settling = entry.settling.is_some();
         for subscribe in resync.sockets {
-            let Some(socket) = socket_of(subscribe.socket) else {
+            let Some(socket) = subscribe.socket.map(SocketId::from) else {
                 continue;
             };
             if entry.sockets.contains_key(&socket) {
