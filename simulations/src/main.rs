@@ -1,6 +1,7 @@
 //! `relaymesh-sim`: load simulations that print figures for docs/benchmarks.md.
 
 mod control_plane;
+mod mesh;
 mod procstat;
 mod ring;
 
@@ -20,6 +21,9 @@ enum Command {
     ControlPlane(control_plane::Args),
     /// Balance and movement of the ownership ring at sizes far past one machine.
     Ring(ring::Args),
+    /// The mesh's cost: the same workload on one standalone node and on a three-node
+    /// cluster per transport (subscribers, owner and publisher on different nodes).
+    Mesh(mesh::Args),
 }
 
 #[tokio::main]
@@ -27,5 +31,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::ControlPlane(args) => control_plane::run(args).await,
         Command::Ring(args) => ring::run(args),
+        Command::Mesh(args) => mesh::run(args).await,
     }
 }

@@ -25,3 +25,25 @@ pub fn sample(pid: u32) -> Result<(f64, u64)> {
     // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
     Ok((ticks as f64 / 100.0, rss_kib * 1024))
 }
+
+/// CPU seconds the whole machine has spent busy (every core, everything but idle and
+/// iowait) since boot, from /proc/stat.
+pub fn machine_busy() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse::<u64>())
+        .collect::<Result<_, _>>()
+        .context("malformed /proc/stat")?;
+    // user nice system idle iowait irq softirq steal …; guest time is already in user.
+    let busy: u64 = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    Ok(busy as f64 / 100.0)
+}
