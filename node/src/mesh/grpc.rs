@@ -107,7 +107,17 @@ impl GrpcMeshEndpoint {
             .map_err(LinkError::transport)?
             .add_service(MeshLinkServer::new(service));
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // tonic's own nodelay setting does not apply to an incoming stream: without it,
+            // small batches wait out Nagle and delayed ACKs (about 40 ms).
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |stream| {
+                    if let Ok(stream) = &stream {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    stream
+                },
+            );
             let shutdown = async move {
                 let _ = stopped.changed().await;
             };
@@ -137,6 +147,7 @@ impl GrpcMeshEndpoint {
             .map_err(LinkError::transport)?
             .tls_config(self.client_tls.clone())
             .map_err(LinkError::transport)?
+            .tcp_nodelay(true)
             .connect()
             .await
             .map_err(LinkError::transport)?;
