@@ -56,6 +56,8 @@ pub struct Shared {
     pub incarnation: u64,
     /// Which view each member finished rebalancing for.
     pub progress: rebalance::Progress,
+    /// The newest view whose resyncs this node all sent.
+    pub resynced: AtomicU64,
     /// Send this node's part of every channel to its owner at the next chance (after a
     /// re-registration, or when a resync could not be sent).
     pub resync_all: AtomicBool,
@@ -206,6 +208,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
         requests: route::Requests::default(),
         incarnation: rand::random::<u64>() | 1,
         progress: rebalance::Progress::default(),
+        resynced: AtomicU64::new(0),
         resync_all: AtomicBool::new(false),
         lease: membership::Lease::default(),
         fenced: AtomicBool::new(false),

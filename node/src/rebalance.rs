@@ -28,6 +28,8 @@ use crate::{route, Shared};
 pub const SETTLE_DEADLINE: Duration = Duration::from_secs(2);
 /// How often the lease is checked for fencing, and settling deadlines.
 const FENCE_CHECK: Duration = Duration::from_millis(100);
+/// How long a fenced node keeps its clients, in case it registers again at once.
+const FENCED_CLIENTS_GRACE: Duration = Duration::from_secs(5);
 /// How often (in fence checks) every member hears when this node renewed its lease.
 const LEASE_NEWS_EVERY: u32 = 2;
 /// Sockets per Resync message, to stay far below the mesh frame limit.
@@ -132,6 +134,8 @@ pub fn spawn(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHandle
         let mut previous = views.borrow_and_update().clone();
         let mut tick = tokio::time::interval(FENCE_CHECK);
         let mut ticks = 0u32;
+        let mut fenced_since = None;
+        metrics::gauge!(crate::telemetry::FENCED).set(0.0);
         loop {
             tokio::select! {
                 changed = views.changed() => {
@@ -145,9 +149,10 @@ pub fn spawn(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHandle
                 _ = tick.tick() => {
                     ticks = ticks.wrapping_add(1);
                     if ticks % LEASE_NEWS_EVERY == 0 {
-                        tell_members(&shared, previous.version);
+                        tell_members(&shared);
                     }
                     fence(&shared);
+                    send_clients_away_when_fenced_long(&shared, &mut fenced_since);
                     if !shared.is_fenced() && shared.resync_all.load(Ordering::Relaxed) {
                         follow(&shared, &previous, &previous.clone());
                     }
@@ -178,6 +183,30 @@ pub fn fence(shared: &Shared) {
     }
 }
 
+/// A node fenced for longer than a control-plane restart takes has been out of the
+/// cluster for its peers (they removed its sockets): its clients get nothing more here, so
+/// they are asked to reconnect (4200), to a node in the cluster.
+fn send_clients_away_when_fenced_long(shared: &Shared, fenced_since: &mut Option<Instant>) {
+    if !shared.is_fenced() {
+        *fenced_since = None;
+        return;
+    }
+    let since = *fenced_since.get_or_insert_with(Instant::now);
+    if since.elapsed() >= FENCED_CLIENTS_GRACE {
+        tracing::warn!(
+            "fenced for {FENCED_CLIENTS_GRACE:?}: asking clients to reconnect to another node"
+        );
+        for app in shared.apps.all() {
+            app.close_all(
+                relaymesh_proto::codes::ErrorCode::ReconnectImmediately.as_u16(),
+                "Node lost its cluster: reconnect to another node",
+            );
+        }
+        // Again only after another grace: new clients are refused while fenced anyway.
+        *fenced_since = Some(Instant::now());
+    }
+}
+
 /// Whether `channel` of `app` has another owner, or an owner that restarted, in `view`.
 fn moved(previous: &ClusterView, view: &ClusterView, app: &str, channel: &str) -> bool {
     let before = previous.ring().owner(app, channel);
@@ -192,8 +221,12 @@ fn follow(shared: &Shared, previous: &ClusterView, view: &ClusterView) {
     let all = shared.resync_all.swap(false, Ordering::Relaxed);
     let mut complete = true;
     for app in shared.apps.all() {
-        app.owner
-            .follow_view(&shared.node_id, view, &mut route::owner_sink(shared, &app));
+        app.owner.follow_view(
+            &shared.node_id,
+            previous,
+            view,
+            &mut route::owner_sink(shared, &app),
+        );
         let parts = app
             .hub
             .parts(|channel| all || moved(previous, view, &app.id, channel));
@@ -217,22 +250,36 @@ fn follow(shared: &Shared, previous: &ClusterView, view: &ClusterView) {
             }
         }
     }
-    if !complete {
-        // Everything again on the next tick: the owner ignores sockets it already has.
-        shared.resync_all.store(true, Ordering::Relaxed);
+    // Requests waiting for a member that left will not be answered.
+    for gone in previous
+        .members
+        .keys()
+        .filter(|id| !view.members.contains_key(*id))
+    {
+        shared.requests.fail_node(gone);
     }
     route::retry_unsent(shared);
     shared.progress.forget_gone(view);
+    if complete {
+        shared.resynced.fetch_max(view.version, Ordering::Relaxed);
+    } else {
+        // Everything again on the next tick (owners ignore sockets they already have);
+        // until then this node does not say it is done with the view.
+        shared.resync_all.store(true, Ordering::Relaxed);
+    }
+    let done = shared.resynced.load(Ordering::Relaxed);
     shared
         .progress
-        .record(&shared.node_id, view.version, shared.lease.renewed_at());
-    tell_members(shared, view.version);
+        .record(&shared.node_id, done, shared.lease.renewed_at());
+    tell_members(shared);
     settle(shared);
 }
 
-fn tell_members(shared: &Shared, view_version: u64) {
+/// Tells every member which view this node finished resyncing and when it last renewed
+/// its lease.
+fn tell_members(shared: &Shared) {
     let synced = Synced {
-        view_version,
+        view_version: shared.resynced.load(Ordering::Relaxed),
         lease_renewed_ms_ago: shared
             .lease
             .renewed_at()

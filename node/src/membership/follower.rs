@@ -24,7 +24,9 @@ use super::view::{ClusterView, ViewError};
 use crate::Shared;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Short: a node that cannot reach the control plane while others do is fenced, so it must
+/// notice quickly that the control plane is back.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Error)]

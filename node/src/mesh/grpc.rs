@@ -102,7 +102,10 @@ impl GrpcMeshEndpoint {
             accepted: accepted_tx,
         };
         let (stop, mut stopped) = watch::channel(false);
+        // Same liveness as QUIC links: pings, and a silent peer's connection closed.
         let router = Server::builder()
+            .http2_keepalive_interval(Some(super::quic::LINK_SILENCE_MAX / 6))
+            .http2_keepalive_timeout(Some(super::quic::LINK_SILENCE_MAX / 2))
             .tls_config(server_tls)
             .map_err(LinkError::transport)?
             .add_service(MeshLinkServer::new(service));
@@ -148,6 +151,9 @@ impl GrpcMeshEndpoint {
             .tls_config(self.client_tls.clone())
             .map_err(LinkError::transport)?
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(super::quic::LINK_SILENCE_MAX / 6)
+            .keep_alive_timeout(super::quic::LINK_SILENCE_MAX / 2)
+            .keep_alive_while_idle(true)
             .connect()
             .await
             .map_err(LinkError::transport)?;

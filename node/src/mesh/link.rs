@@ -77,6 +77,17 @@ pub fn new(peer: String) -> (Link, LinkIo) {
     )
 }
 
+/// Names a link without keeping it open.
+pub struct WeakLinkSender(mpsc::WeakSender<Bytes>);
+
+impl WeakLinkSender {
+    pub fn same_link(&self, other: &LinkSender) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|queue| queue.same_channel(&other.queue))
+    }
+}
+
 /// The sending half of a link, shared by whoever routes to the peer.
 #[derive(Clone)]
 pub struct LinkSender {
@@ -113,6 +124,12 @@ impl LinkSender {
     /// Whether both are halves of the same link.
     pub fn same_link(&self, other: &LinkSender) -> bool {
         self.queue.same_channel(&other.queue)
+    }
+
+    /// A handle that names the link without keeping it open: the link closes (and the
+    /// peer notices) once every `LinkSender` is gone.
+    pub fn downgrade(&self) -> WeakLinkSender {
+        WeakLinkSender(self.queue.downgrade())
     }
 }
 

@@ -102,7 +102,9 @@ async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, mut stop: watch::Rece
     }
 }
 
-/// Records a new link and routes what the peer sends.
+/// Records a new link and routes what the peer sends. The table holds the link's only
+/// lasting sender: a link dropped from it (its peer left the view) closes, so the peer
+/// drops its side too and neither keeps a link the other has forgotten.
 fn adopt(shared: &Arc<Shared>, link: Link) {
     let (sender, mut inbound) = link.split();
     let peer = sender.peer.clone();
@@ -111,7 +113,8 @@ fn adopt(shared: &Arc<Shared>, link: Link) {
     }
     tracing::info!(peer, "mesh link up");
     set_up(&peer, true);
-    shared.peers.lock().insert(peer.clone(), sender.clone());
+    let this_link = sender.downgrade();
+    shared.peers.lock().insert(peer.clone(), sender);
     crate::route::retry_unsent(shared);
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -121,7 +124,7 @@ fn adopt(shared: &Arc<Shared>, link: Link) {
         }
         let mut links = shared.peers.lock();
         // Only forget it if a newer link has not replaced it.
-        if links.get(&peer).is_some_and(|l| l.same_link(&sender)) {
+        if links.get(&peer).is_some_and(|l| this_link.same_link(l)) {
             links.remove(&peer);
         }
         drop(links);

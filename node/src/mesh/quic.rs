@@ -6,6 +6,7 @@
 //! does not keep up.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
@@ -20,15 +21,33 @@ pub struct MeshEndpoint {
     node_id: Bytes,
 }
 
+/// A link whose peer went silent (a partition, a killed process) is closed after this, so
+/// the node notices it, reports it and stops queueing into it; keep-alives make silence
+/// mean a broken path, not an idle link.
+pub const LINK_SILENCE_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn liveness() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    // 3 s fits in a VarInt of milliseconds.
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(LINK_SILENCE_MAX).ok());
+    transport
+}
+
 impl MeshEndpoint {
     pub fn bind(
         addr: SocketAddr,
         node_id: &str,
         identity: &NodeIdentity,
     ) -> Result<MeshEndpoint, LinkError> {
-        let mut endpoint = quinn::Endpoint::server(identity.server_config()?, addr)
-            .map_err(LinkError::transport)?;
-        endpoint.set_default_client_config(identity.client_config()?);
+        let transport = Arc::new(liveness());
+        let mut server = identity.server_config()?;
+        server.transport_config(transport.clone());
+        let mut client = identity.client_config()?;
+        client.transport_config(transport);
+        let mut endpoint = quinn::Endpoint::server(server, addr).map_err(LinkError::transport)?;
+        endpoint.set_default_client_config(client);
         Ok(MeshEndpoint {
             endpoint,
             node_id: Bytes::copy_from_slice(node_id.as_bytes()),

@@ -14,6 +14,7 @@ mod presence;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,8 @@ struct Subscriber {
     user: Option<Box<str>>,
 }
 
+/// How long after a takeover a message for an unknown channel is held back.
+const TAKEOVER_HOLD: Duration = Duration::from_secs(2);
 /// Most messages a settling channel holds back; beyond, they are handled at once.
 const SETTLING_QUEUE_MAX: usize = 4096;
 
@@ -72,8 +75,9 @@ const SETTLING_QUEUE_MAX: usize = 4096;
 /// said it is done (or a deadline passes) the channel's messages wait, so that nothing
 /// is decided on a partial picture.
 struct Settling {
-    /// The members the nodes' subscribers were told about by the previous owner.
-    told: HashSet<Box<str>>,
+    /// Per node, the members its subscribers were told about by the previous owner (they
+    /// can differ: a node cut off from a change did not hear of it).
+    told: HashMap<Arc<str>, HashSet<Box<str>>>,
     queued: Vec<(Arc<str>, u64, Body)>,
     /// The newest view a resync came from: the channel settles once every node is done
     /// with it.
@@ -145,6 +149,16 @@ impl OwnedChannel {
             ..Deliver::default()
         };
         self.send_to_interest(channel, deliver, sink);
+    }
+
+    /// Sends `deliver`, numbered, to one node.
+    fn send_to(&mut self, node: &str, channel: &str, deliver: Deliver, sink: &mut dyn Sink) {
+        self.seq += 1;
+        let body = Body::Deliver(Deliver {
+            seq: self.seq,
+            ..deliver
+        });
+        sink.send(node, channel, body);
     }
 
     /// Sends `deliver`, numbered, to every node with subscribers.
@@ -262,6 +276,21 @@ pub struct Owner {
     app_id: Arc<str>,
     config: SharedAppConfig,
     cache_entries_per_shard: usize,
+    takeover: Mutex<Option<Takeover>>,
+    forgot_all: std::sync::atomic::AtomicBool,
+    /// The view this node follows.
+    view_version: std::sync::atomic::AtomicU64,
+}
+
+/// Channels this node took over with a view: until every member is done with that view,
+/// a channel it has no state for yet may have subscribers whose nodes have not resynced,
+/// so its first message starts a settling channel instead of being decided on nothing.
+struct Takeover {
+    me: Arc<str>,
+    version: u64,
+    previous: ClusterView,
+    current: ClusterView,
+    since: Instant,
 }
 
 /// Who sent an owner-bound message: a node and its process.
@@ -281,7 +310,24 @@ impl Owner {
             app_id,
             config,
             cache_entries_per_shard: cache_entries_max.div_ceil(SHARDS).max(1),
+            takeover: Mutex::new(None),
+            forgot_all: std::sync::atomic::AtomicBool::new(false),
+            view_version: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn takeover(&self) -> MutexGuard<'_, Option<Takeover>> {
+        self.takeover.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The view version to settle `channel` at, when it just moved to this node.
+    fn taken_over(&self, channel: &str, deadline: Duration) -> Option<u64> {
+        let takeover = self.takeover();
+        let t = takeover.as_ref()?;
+        let me = Some(&*t.me);
+        let moved_here = t.previous.ring().owner(&self.app_id, channel) != me
+            && t.current.ring().owner(&self.app_id, channel) == me;
+        (moved_here && t.since.elapsed() < deadline).then_some(t.version)
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
@@ -313,6 +359,26 @@ impl Owner {
         let mut shard = self.shard(channel);
         if let Body::Resync(resync) = body {
             return self.resync(&mut shard, origin, channel, resync, sink);
+        }
+        if !shard.channels.contains_key(channel) {
+            // A sender with a newer view than this node's may know that the channel moved
+            // here before this node does: hold it the same way.
+            let ahead = (origin.view_version > self.view_version.load(Ordering::Relaxed))
+                .then_some(origin.view_version);
+            if let Some(version) = self.taken_over(channel, TAKEOVER_HOLD).or(ahead) {
+                self.count_owned(1.0);
+                let settling = Settling {
+                    told: HashMap::new(),
+                    queued: Vec::new(),
+                    view_version: version,
+                    since: Instant::now(),
+                };
+                let held = OwnedChannel {
+                    settling: Some(Box::new(settling)),
+                    ..OwnedChannel::default()
+                };
+                shard.channels.insert(channel.into(), held);
+            }
         }
         if let Some(settling) = shard
             .channels
@@ -600,7 +666,7 @@ impl Owner {
             Entry::Vacant(e) => {
                 self.count_owned(1.0);
                 let settling = Settling {
-                    told: HashSet::new(),
+                    told: HashMap::new(),
                     queued: Vec::new(),
                     view_version: origin.view_version,
                     since: Instant::now(),
@@ -648,6 +714,8 @@ impl Owner {
             settling.view_version = settling.view_version.max(origin.view_version);
             settling
                 .told
+                .entry(node)
+                .or_default()
                 .extend(resync.told_members.into_iter().map(String::into_boxed_str));
         }
     }
@@ -659,6 +727,15 @@ impl Owner {
     /// order.
     pub fn settle(&self, done_version: u64, deadline: Duration, sink: &mut dyn Sink) {
         let now = Instant::now();
+        {
+            let mut takeover = self.takeover();
+            if takeover
+                .as_ref()
+                .is_some_and(|t| t.version <= done_version || now >= t.since + deadline)
+            {
+                *takeover = None;
+            }
+        }
         for mut shard in self.shards() {
             let settling: Vec<Box<str>> = shard
                 .channels
@@ -684,12 +761,47 @@ impl Owner {
             return;
         };
         let Settling { told, queued, .. } = *settling;
-        let now_members: HashSet<String> = state.roster_ids().into_iter().collect();
-        for gone in told.iter().filter(|u| !now_members.contains(&***u)) {
-            state.member_removed(channel, gone, sink);
+        let now_members: HashSet<Box<str>> = state
+            .roster_ids()
+            .into_iter()
+            .map(String::into_boxed_str)
+            .collect();
+        // The cluster's change, once: webhooks.
+        let known: HashSet<&Box<str>> = told.values().flatten().collect();
+        for gone in known.iter().filter(|u| !now_members.contains(**u)) {
+            sink.webhook(WebhookEvent::MemberRemoved {
+                channel: channel.into(),
+                user_id: (**gone).clone(),
+            });
         }
-        for new in now_members.iter().filter(|u| !told.contains(u.as_str())) {
-            state.member_added(channel, new, None, sink);
+        for new in now_members.iter().filter(|u| !known.contains(u)) {
+            sink.webhook(WebhookEvent::MemberAdded {
+                channel: channel.into(),
+                user_id: new.clone(),
+            });
+        }
+        // Each node's subscribers: what they were told, corrected to what is.
+        for (node, told) in &told {
+            for gone in told.iter().filter(|u| !now_members.contains(*u)) {
+                let frame = codec::text_frame(&frame::member_removed(channel, gone));
+                let deliver = Deliver {
+                    frame,
+                    member_removed: gone.to_string(),
+                    ..Deliver::default()
+                };
+                state.send_to(node, channel, deliver, sink);
+            }
+            for new in now_members.iter().filter(|u| !told.contains(*u)) {
+                let Some(info) = state.roster.as_ref().and_then(|r| r.info(new)) else {
+                    continue;
+                };
+                let deliver = Deliver {
+                    frame: codec::text_frame(&frame::member_added(channel, new, info)),
+                    member_added: new.to_string(),
+                    ..Deliver::default()
+                };
+                state.send_to(node, channel, deliver, sink);
+            }
         }
         if state.sockets.is_empty() {
             shard.channels.remove(channel);
@@ -711,7 +823,28 @@ impl Owner {
     /// Follows a new view: channels another node owns now are dropped without a word
     /// (their nodes rebuild them at the new owner), and the sockets of nodes that left
     /// the view or restarted (a new incarnation) are removed like unsubscribes.
-    pub fn follow_view(&self, me: &str, view: &ClusterView, sink: &mut dyn Sink) {
+    pub fn follow_view(
+        &self,
+        me: &str,
+        previous: &ClusterView,
+        view: &ClusterView,
+        sink: &mut dyn Sink,
+    ) {
+        let forgot = self
+            .forgot_all
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        self.view_version.store(view.version, Ordering::Relaxed);
+        *self.takeover() = Some(Takeover {
+            me: me.into(),
+            version: view.version,
+            previous: if forgot {
+                ClusterView::default()
+            } else {
+                previous.clone()
+            },
+            current: view.clone(),
+            since: Instant::now(),
+        });
         let ring = view.ring();
         let alive = |node: &str, incarnation: u64| {
             node == me
@@ -772,6 +905,9 @@ impl Owner {
 
     /// Drops every channel at once (the node lost its lease and may no longer own any).
     pub fn forget_all(&self) {
+        // The next view's channels are all new to this node, whatever it owned before.
+        self.forgot_all
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for mut shard in self.shards() {
             let owned = shard.channels.len();
             *shard = Shard::default();
@@ -960,7 +1096,10 @@ mod tests {
             max_presence_members: max_members,
             ..AppConfig::development()
         };
-        Owner::new("app-id".into(), SharedAppConfig::new(config), 100)
+        let owner = Owner::new("app-id".into(), SharedAppConfig::new(config), 100);
+        // The view the test's messages come with (Origin::view_version 1).
+        owner.view_version.store(1, Ordering::Relaxed);
+        owner
     }
 
     fn socket(seq: u64) -> SocketId {
@@ -1206,7 +1345,8 @@ mod tests {
         join(&owner, "a", &theirs, 4, Some("u1"));
         // c is gone, b restarted (another incarnation), a is this node.
         let mut sink = Recorded::default();
-        owner.follow_view("a", &view(&[("a", 1), ("b", 2)]), &mut sink);
+        let next = view(&[("a", 1), ("b", 2)]);
+        owner.follow_view("a", &next, &next, &mut sink);
         // One member_removed per user, only to the node still there, one webhook each.
         let removed: Vec<(String, String)> = sink
             .delivered()

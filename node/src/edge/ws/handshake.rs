@@ -129,6 +129,14 @@ async fn start_session(
         )
         .await;
     }
+    if shared.is_fenced() {
+        return connection::refuse(
+            stream,
+            ErrorCode::ReconnectImmediately,
+            "Node lost its cluster: reconnect to another node",
+        )
+        .await;
+    }
     let Some(app) = shared.apps.by_key(&key) else {
         return connection::refuse(stream, ErrorCode::AppNotFound, "App key does not exist").await;
     };

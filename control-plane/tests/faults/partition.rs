@@ -1,0 +1,470 @@
+//! Partitions: a node cut off from the control plane only (test 2), and two nodes cut off
+//! from each other while both still reach the control plane and the third node (test 3).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::check::{self, ms, Delivery, Findings};
+use crate::clients::{api, users, Client, Publish, Publisher};
+use crate::cluster::{Cluster, LEASE_TTL};
+use crate::{no_fencing, nodes, owned_by, owner, serial, settle, within};
+
+fn set(users: &[&str]) -> BTreeSet<String> {
+    users.iter().map(|u| (*u).to_owned()).collect()
+}
+
+/// The events of `pubs` acknowledged with 200, published in `[from, to)` to `channel`,
+/// that `client`'s last connection did not receive.
+fn missed(client: &Client, pubs: &[Publish], from: Instant, to: Instant) -> Vec<u64> {
+    let got: BTreeSet<u64> = client.last().ticks().collect();
+    pubs.iter()
+        .filter(|p| p.channel == client.channel && p.ok() && p.sent >= from && p.sent < to)
+        .filter(|p| !got.contains(&p.seq))
+        .map(|p| p.seq)
+        .collect()
+}
+
+/// Test 2: n3 cannot reach the control plane (nor it n3); the nodes still reach each
+/// other. n3 fences itself, its channels move, subscribers elsewhere keep receiving;
+/// healed, n3 comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known failure (issue 6, open), about 1 run in 2: when n3 returns, its presence channel can settle before n1's and n2's resyncs arrive, so n3's member sees -u1 -u2 +u1 +u2; run with --ignored"]
+async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
+    let _serial = serial().await;
+    let name = "cp-partition";
+    let mut cluster = Cluster::start(name, 3, None).await;
+    let mut f = Findings::new(name);
+    let all = ["n1", "n2", "n3"];
+    let news = owned_by(&all, "n3", "news-");
+    let room = owned_by(&all, "n3", "presence-room-");
+    f.note(&format!(
+        "{news} and {room} are owned by n3 (while n3 is out: {} and {})",
+        owner(&["n1", "n2"], &news),
+        owner(&["n1", "n2"], &room)
+    ));
+    let nodes = nodes(&cluster, &all);
+    let mut readers = Vec::new();
+    for node in ["n1", "n2"] {
+        for i in 0..2 {
+            let label = format!("reader-{i}@{node}");
+            readers.push(Client::start(&label, &nodes, node, &news, None, false).await);
+        }
+    }
+    let mut on_n3 = Vec::new();
+    for i in 0..2 {
+        let label = format!("reader-{i}@n3");
+        on_n3.push(Client::start(&label, &nodes, "n3", &news, None, false).await);
+    }
+    let u1 = Client::start("u1@n1", &nodes, "n1", &room, Some("u1"), false).await;
+    let u2 = Client::start("u2@n2", &nodes, "n2", &room, Some("u2"), false).await;
+    let u3 = Client::start("u3@n3", &nodes, "n3", &room, Some("u3"), false).await;
+    let members = [&u1, &u2, &u3];
+    let everyone = set(&["u1", "u2", "u3"]);
+    within(Duration::from_secs(3), || async {
+        members.iter().all(|m| m.last().members().0 == everyone)
+    })
+    .await;
+    let baseline: Vec<usize> = members
+        .iter()
+        .map(|m| m.last().member_events().len())
+        .collect();
+
+    let publisher = Publisher::start(
+        &cluster.http,
+        "n1",
+        &cluster.base("n1"),
+        std::slice::from_ref(&news),
+        Duration::from_millis(20),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let cut = Instant::now();
+    f.note(&format!(
+        "cut n3 from the control plane at {}",
+        cluster.at()
+    ));
+    cluster.net.cut("n3", "cp");
+    let fenced = within(Duration::from_secs(5), || async {
+        let ready = cluster.readyz("n3").await;
+        ready.is_some_and(|(s, body)| s == 503 && body.contains("fenced"))
+            && cluster.metric("n3", "relaymesh_fenced").await == Some(1.0)
+    })
+    .await;
+    f.figure(
+        "time from the cut to n3 fenced: /readyz 503 \"fenced\" and relaymesh_fenced 1 (ms)",
+        fenced.map_or("never (5 s)".to_owned(), |d| ms(d).to_string()),
+    );
+    f.check(fenced.is_some(), || {
+        "n3 did not fence itself within 5 s of losing the control plane".to_owned()
+    });
+    let elsewhere: Vec<&Client> = readers.iter().collect();
+    // The fenced node numbers nothing.
+    let body = json!({"name": "probe", "channels": [news], "data": "x"});
+    let probe = api(
+        &cluster.http,
+        &cluster.base("n3"),
+        "POST",
+        "/events",
+        Some(body),
+    )
+    .await;
+    f.figure(
+        "a publish through fenced n3 to its former channel",
+        format!("{probe:?}"),
+    );
+    f.check(matches!(probe, Ok((503, _))), || {
+        format!("a publish through fenced n3 was answered {probe:?}, expected 503")
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during: Vec<Vec<String>> = members
+        .iter()
+        .zip(&baseline)
+        .map(|(m, b)| m.last().member_events()[*b..].to_vec())
+        .collect();
+
+    let healed = Instant::now();
+    f.note(&format!("heal at {}", cluster.at()));
+    cluster.net.heal("n3", "cp");
+    let back = within(Duration::from_secs(10), || async {
+        cluster.readyz("n3").await.is_some_and(|(s, _)| s == 200)
+            && cluster.metric("n3", "relaymesh_fenced").await == Some(0.0)
+    })
+    .await;
+    f.figure(
+        "time from the heal to n3 ready again with relaymesh_fenced 0 (ms)",
+        back.map_or("never (10 s)".to_owned(), |d| ms(d).to_string()),
+    );
+    f.check(back.is_some(), || {
+        "n3 was not ready (or still fenced) 10 s after the heal".to_owned()
+    });
+    let ready = cluster
+        .wait_ready(&cluster.nodes.clone(), Duration::from_secs(5))
+        .await;
+    f.check(ready.is_ok(), || {
+        format!("not every node is ready after the heal: {ready:?}")
+    });
+    // Once n3 is back, its clients receive again.
+    let returned = Instant::now() + Duration::from_millis(500);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = Instant::now();
+    let pubs = publisher.stop().await;
+    let mut checked: Vec<&Client> = readers.iter().collect();
+    checked.extend(on_n3.iter());
+    settle(&pubs, &checked, Duration::ZERO, Duration::from_secs(3)).await;
+
+    // The channel moves once the control plane expired n3; subscribers elsewhere go on.
+    let silence = check::longest_silence(&elsewhere, cut, stopped);
+    f.figure(
+        "longest silence of a subscriber on n1 or n2 from the cut to the end (ms)",
+        ms(silence),
+    );
+    let limit = LEASE_TTL + Duration::from_secs(1);
+    f.check(silence <= limit, || {
+        format!(
+            "a subscriber on n1 or n2 received nothing for {silence:?} (more than lease TTL + 1 s)"
+        )
+    });
+    Delivery::of(&pubs, &elsewhere, Duration::ZERO).report(
+        &mut f,
+        cluster.t0,
+        "subscribers on n1 and n2",
+    );
+    for reader in &on_n3 {
+        let lost_during = missed(reader, &pubs, cut, returned);
+        let lost_after = missed(reader, &pubs, returned, Instant::now());
+        f.figure(
+            &format!(
+                "{}: acknowledged events it missed while n3 was cut off (connected all along)",
+                reader.label
+            ),
+            format!(
+                "{} of {}",
+                lost_during.len(),
+                pubs.iter()
+                    .filter(|p| p.ok() && p.sent >= cut && p.sent < returned)
+                    .count()
+            ),
+        );
+        // A fenced node is out of the cluster (ARCHITECTURE.md, fencing rules): its clients
+        // miss what is published meanwhile, and are sent away after 5 s. A figure, not a
+        // violation; what counts is that they get everything again once it is back.
+        f.check(lost_after.is_empty(), || {
+            format!(
+                "{} on n3 missed {} acknowledged events published after n3 was back: {:?}",
+                reader.label,
+                lost_after.len(),
+                &lost_after[..lost_after.len().min(10)]
+            )
+        });
+        let dup = Delivery::of(&pubs, &[reader], Duration::ZERO)
+            .duplicates
+            .len();
+        f.check(dup == 0, || {
+            format!("{} received {dup} events twice", reader.label)
+        });
+    }
+
+    // Presence: everyone stayed connected, but u3's node left the cluster for a while: the
+    // others may see u3 leave and come back (n3 is out of the cluster meanwhile), nothing
+    // about anyone else; the lists must be right after the heal.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ((member, b), during) in members.iter().zip(&baseline).zip(&during) {
+        let events = member.last().member_events()[*b..].to_vec();
+        f.figure(
+            &format!("{}: member events while cut off / in all", member.label),
+            format!("{during:?} / {events:?}"),
+        );
+        let about_others: Vec<&String> = events.iter().filter(|e| !e.ends_with("u3")).collect();
+        f.check(about_others.is_empty(), || {
+            format!(
+                "{} saw member events {events:?} about members whose node stayed in the cluster (while n3 was cut off: {during:?})",
+                member.label
+            )
+        });
+    }
+    check::presence(
+        &mut f,
+        "presence after the heal",
+        &members,
+        &everyone,
+        users(&cluster.http, &cluster.base("n1"), &room).await,
+    );
+    let _ = healed;
+    no_fencing(&cluster, &mut f, &["n1", "n2"]);
+    if !f.is_clean() {
+        cluster.print_metrics().await;
+        cluster.dump_logs(80);
+    }
+    f.finish();
+}
+
+/// Test 3: n1 and n2 cannot reach each other; both still reach the control plane and n3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
+    let _serial = serial().await;
+    let name = "node-partition";
+    let mut cluster = Cluster::start(name, 3, None).await;
+    let mut f = Findings::new(name);
+    let all = ["n1", "n2", "n3"];
+    let via_n3 = owned_by(&all, "n3", "news3-");
+    let via_n2 = owned_by(&all, "n2", "news2-");
+    let room = owned_by(&all, "n3", "presence-room-");
+    let nodes = nodes(&cluster, &all);
+    let mut n3_readers = Vec::new();
+    for node in ["n1", "n2"] {
+        for i in 0..2 {
+            let label = format!("{via_n3}-reader-{i}@{node}");
+            n3_readers.push(Client::start(&label, &nodes, node, &via_n3, None, false).await);
+        }
+    }
+    let mut n2_readers = Vec::new();
+    for node in ["n1", "n3"] {
+        for i in 0..2 {
+            let label = format!("{via_n2}-reader-{i}@{node}");
+            n2_readers.push(Client::start(&label, &nodes, node, &via_n2, None, false).await);
+        }
+    }
+    let u1 = Client::start("u1@n1", &nodes, "n1", &room, Some("u1"), false).await;
+    let u2 = Client::start("u2@n2", &nodes, "n2", &room, Some("u2"), false).await;
+    let members = [&u1, &u2];
+    let everyone = set(&["u1", "u2"]);
+    within(Duration::from_secs(3), || async {
+        members.iter().all(|m| m.last().members().0 == everyone)
+    })
+    .await;
+    let baseline: Vec<usize> = members
+        .iter()
+        .map(|m| m.last().member_events().len())
+        .collect();
+    let publisher = Publisher::start(
+        &cluster.http,
+        "n3",
+        &cluster.base("n3"),
+        &[via_n3.clone(), via_n2.clone()],
+        Duration::from_millis(20),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let cut = Instant::now();
+    f.note(&format!("cut n1 from n2 at {}", cluster.at()));
+    cluster.net.cut("n1", "n2");
+    // A publish on n1 to a channel owned by n2, while the link is broken.
+    let probe_http = cluster.http.clone();
+    let probe_base = cluster.base("n1");
+    let probe_channel = via_n2.clone();
+    let probe = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let body = json!({"name": "probe", "channels": [probe_channel], "data": "x"});
+        let answer = api(&probe_http, &probe_base, "POST", "/events", Some(body)).await;
+        (answer.map(|(s, _)| s), started.elapsed())
+    });
+    let mut detected = [None; 4];
+    let what = [
+        "n1: relaymesh_mesh_link_up{peer=\"n2\"} 0",
+        "n2: relaymesh_mesh_link_up{peer=\"n1\"} 0",
+        "n1: /readyz 503",
+        "n2: /readyz 503",
+    ];
+    // How long the partition lasts at most while waiting for it to be noticed
+    // (RELAYMESH_FAULT_DETECT_SECS, default 8).
+    let detect = Duration::from_secs(
+        std::env::var("RELAYMESH_FAULT_DETECT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8),
+    );
+    let deadline = cut + detect;
+    while Instant::now() < deadline && detected.iter().any(Option::is_none) {
+        let now = [
+            cluster
+                .metric("n1", "relaymesh_mesh_link_up{peer=\"n2\"}")
+                .await
+                == Some(0.0),
+            cluster
+                .metric("n2", "relaymesh_mesh_link_up{peer=\"n1\"}")
+                .await
+                == Some(0.0),
+            cluster.readyz("n1").await.is_some_and(|(s, _)| s == 503),
+            cluster.readyz("n2").await.is_some_and(|(s, _)| s == 503),
+        ];
+        for (seen, holds) in detected.iter_mut().zip(now) {
+            if holds && seen.is_none() {
+                *seen = Some(cut.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (w, d) in what.iter().zip(&detected) {
+        f.figure(
+            &format!("time from the cut to {w} (ms)"),
+            d.map_or(format!("not within {detect:?}"), |d| ms(d).to_string()),
+        );
+        f.check(d.is_some(), || {
+            format!("{w} did not happen within {detect:?} of the cut")
+        });
+    }
+    let n3_ready = cluster.readyz("n3").await;
+    f.check(n3_ready.as_ref().is_some_and(|(s, _)| *s == 200), || {
+        format!("n3, which reaches everyone, is not ready during the partition: {n3_ready:?}")
+    });
+    let (probe_status, probe_time) = probe.await.unwrap();
+    f.figure(
+        "publish on n1 to a channel owned by n2 during the partition",
+        format!("{probe_status:?} after {} ms", ms(probe_time)),
+    );
+    f.check(matches!(probe_status, Ok(503)), || {
+        format!("a publish on n1 to a channel owned by n2 (unreachable) was answered {probe_status:?}, expected 503")
+    });
+    for node in ["n1", "n2", "n3"] {
+        let fenced = cluster
+            .metric(node, "relaymesh_fenced")
+            .await
+            .unwrap_or(0.0);
+        f.check(fenced == 0.0, || {
+            format!("{node} fenced itself in a partition between n1 and n2")
+        });
+    }
+
+    let healed = Instant::now();
+    f.note(&format!("heal at {}", cluster.at()));
+    cluster.net.heal("n1", "n2");
+    let relinked = within(Duration::from_secs(10), || async {
+        cluster
+            .metric("n1", "relaymesh_mesh_link_up{peer=\"n2\"}")
+            .await
+            == Some(1.0)
+            && cluster
+                .metric("n2", "relaymesh_mesh_link_up{peer=\"n1\"}")
+                .await
+                == Some(1.0)
+    })
+    .await;
+    f.figure(
+        "time from the heal to the n1-n2 link up on both (ms)",
+        relinked.map_or("never (10 s)".to_owned(), |d| ms(d).to_string()),
+    );
+    f.check(relinked.is_some(), || {
+        "the n1-n2 link did not come back within 10 s of the heal".to_owned()
+    });
+    let ready = cluster
+        .wait_ready(&cluster.nodes.clone(), Duration::from_secs(5))
+        .await;
+    f.check(ready.is_ok(), || {
+        format!("not every node is ready after the heal: {ready:?}")
+    });
+    let back = Instant::now() + Duration::from_millis(500);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pubs = publisher.stop().await;
+    let mut checked: Vec<&Client> = n3_readers.iter().collect();
+    checked.extend(n2_readers.iter());
+    // Deliveries held in the QUIC connection during the partition may take a while to
+    // come once it heals (retransmission backoff): late is counted, not lost.
+    let settled = Instant::now();
+    settle(&pubs, &checked, Duration::ZERO, Duration::from_secs(15)).await;
+    f.figure(
+        "time waited after the publisher stopped for deliveries to settle (ms)",
+        ms(settled.elapsed()),
+    );
+
+    let r3: Vec<&Client> = n3_readers.iter().collect();
+    Delivery::of(&pubs, &r3, Duration::ZERO).report(
+        &mut f,
+        cluster.t0,
+        &format!("{via_n3} (owner n3) on n1 and n2"),
+    );
+    // The owner n2 cannot reach n1 during the partition: n1's subscribers miss what is
+    // published meanwhile (no relaying through n3), and get everything after it heals.
+    let r2: Vec<&Client> = n2_readers
+        .iter()
+        .filter(|r| r.last().node != "n1")
+        .collect();
+    Delivery::of(&pubs, &r2, Duration::ZERO).report(
+        &mut f,
+        cluster.t0,
+        &format!("{via_n2} (owner n2) on n3"),
+    );
+    for reader in n2_readers.iter().filter(|r| r.last().node == "n1") {
+        let during = missed(reader, &pubs, cut, healed);
+        let after = missed(reader, &pubs, back, Instant::now());
+        f.figure(
+            &format!(
+                "{}: acknowledged events missed during / after the partition",
+                reader.label
+            ),
+            format!("{} / {}", during.len(), after.len()),
+        );
+        f.check(after.is_empty(), || {
+            format!(
+                "{} on n1 missed {} events of n2's channel published after the heal: {:?}",
+                reader.label,
+                after.len(),
+                &after[..after.len().min(10)]
+            )
+        });
+    }
+    for ((member, b), node) in members.iter().zip(&baseline).zip(["n1", "n2"]) {
+        let events = member.last().member_events()[*b..].to_vec();
+        f.check(events.is_empty(), || {
+            format!(
+                "{} on {node} saw member events {events:?} though nobody came or went",
+                member.label
+            )
+        });
+    }
+    check::presence(
+        &mut f,
+        "presence after the heal",
+        &members,
+        &everyone,
+        users(&cluster.http, &cluster.base("n3"), &room).await,
+    );
+    no_fencing(&cluster, &mut f, &["n1", "n2", "n3"]);
+    if !f.is_clean() {
+        cluster.print_metrics().await;
+        cluster.dump_logs(80);
+    }
+    f.finish();
+}
