@@ -131,10 +131,15 @@ fn envelope(shared: &Shared, app_id: &str, channel: &str, body: Body) -> Envelop
 
 /// This node as the origin of its own messages.
 fn me(shared: &Shared) -> Origin<'_> {
+    // Without a mesh the node owns everything whatever the view: no view to compare.
+    let view_version = match shared.config.mesh.listen {
+        Some(_) => shared.view.borrow().version,
+        None => 0,
+    };
     Origin {
         node: &shared.node_id,
         incarnation: shared.incarnation,
-        view_version: shared.view.borrow().version,
+        view_version,
     }
 }
 
