@@ -41,6 +41,24 @@ impl Findings {
         eprintln!("[faults] {}: {what}", self.name);
     }
 
+    /// Records how long a wait took (`took`, `None` after `timeout`) as `figure`, and
+    /// `violation` if what it waited for never came.
+    pub fn waited(
+        &mut self,
+        figure: &str,
+        took: Option<Duration>,
+        timeout: Duration,
+        violation: &str,
+    ) {
+        self.figure(
+            figure,
+            took.map_or(format!("never ({} s)", timeout.as_secs()), |d| {
+                ms(d).to_string()
+            }),
+        );
+        self.check(took.is_some(), || violation.to_owned());
+    }
+
     pub fn is_clean(&self) -> bool {
         self.violations.is_empty()
     }

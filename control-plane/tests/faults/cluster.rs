@@ -498,16 +498,7 @@ impl Cluster {
     /// How many nodes the control plane lists as active (its /metrics), if it answers.
     pub async fn cp_active(&self) -> Option<f64> {
         let url = format!("http://{}:{CP_HTTP_PORT}/metrics", self.ip("cp"));
-        let text = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = get_text(&self.http, &url).await?;
         Some(
             text.lines()
                 .filter(|l| {
@@ -621,15 +612,7 @@ impl Drop for Cluster {
 
 /// The value of the metric line starting with `series` on the node at `base`.
 pub async fn metric_at(http: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = get_text(http, &format!("{base}/metrics")).await?;
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find(|l| {
@@ -638,4 +621,16 @@ pub async fn metric_at(http: &reqwest::Client, base: &str, series: &str) -> Opti
             })
         })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// The body of a GET of `url`, if it answers within 2 s.
+async fn get_text(http: &reqwest::Client, url: &str) -> Option<String> {
+    http.get(url)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
 }

@@ -1,21 +1,19 @@
 //! SIGKILL of a channel's owner (test 1), and the same under latency (test 7).
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::check::{self, full_delivery_after, ms, Delivery, Findings};
-use crate::clients::{users, Client, Publisher};
+use crate::clients::{users, Client};
 use crate::cluster::{Cluster, Latency, LEASE_TTL};
-use crate::{no_fencing, nodes, owned_by, owner, serial, settle, within};
+use crate::{
+    member_events_since, member_marks, nodes, owned_by, owner, publish_through, serial, set,
+    settle, subscribers, told_of, within, wrap_up,
+};
 
 /// What one run measured.
 struct Run {
     findings: Findings,
     recovery: Option<Duration>,
-}
-
-fn set(users: &[&str]) -> BTreeSet<String> {
-    users.iter().map(|u| (*u).to_owned()).collect()
 }
 
 /// Subscribers on n1 and n2 of a channel owned by n3, a publisher on n1; SIGKILL n3.
@@ -32,18 +30,8 @@ async fn kill_owner(name: &str, latency: Option<Latency>) -> Run {
         owner(&["n1", "n2"], &room)
     ));
     let nodes = nodes(&cluster, &all);
-    let mut readers = Vec::new();
-    for node in ["n1", "n2"] {
-        for i in 0..3 {
-            let label = format!("news-reader-{i}@{node}");
-            readers.push(Client::start(&label, &nodes, node, &news, None, false).await);
-        }
-    }
-    let mut calm_readers = Vec::new();
-    for node in ["n1", "n2"] {
-        let label = format!("calm-reader@{node}");
-        calm_readers.push(Client::start(&label, &nodes, node, &calm, None, false).await);
-    }
+    let readers = subscribers(&nodes, &["n1", "n2"], 3, "news-reader", &news, false).await;
+    let calm_readers = subscribers(&nodes, &["n1", "n2"], 1, "calm-reader", &calm, false).await;
     // Presence: "both" has a socket on n1 and one on n3, so it stays when n3 dies.
     let u1 = Client::start("u1@n1", &nodes, "n1", &room, Some("u1"), false).await;
     let u2 = Client::start("u2@n2", &nodes, "n2", &room, Some("u2"), false).await;
@@ -53,10 +41,7 @@ async fn kill_owner(name: &str, latency: Option<Latency>) -> Run {
     let survivors = [&u1, &u2, &both1];
     // Everyone knows everyone before the fault.
     let before = set(&["both", "u1", "u2", "u3"]);
-    let settled = within(Duration::from_secs(3), || async {
-        survivors.iter().all(|m| m.last().members().0 == before)
-    })
-    .await;
+    let settled = told_of(&survivors, &before).await;
     f.check(settled.is_some(), || {
         let told: Vec<_> = survivors
             .iter()
@@ -64,19 +49,15 @@ async fn kill_owner(name: &str, latency: Option<Latency>) -> Run {
             .collect();
         format!("before the kill, the members were not told of each other: {told:?}")
     });
-    let baseline: Vec<usize> = survivors
-        .iter()
-        .map(|m| m.last().member_events().len())
-        .collect();
+    let baseline = member_marks(&survivors);
 
-    let publisher = Publisher::start(
-        &cluster.http,
+    let publisher = publish_through(
+        &cluster,
         "n1",
-        &cluster.base("n1"),
         &[news.clone(), calm.clone()],
         Duration::from_millis(20),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    )
+    .await;
 
     let killed = Instant::now();
     f.note(&format!("SIGKILL n3 at {}", cluster.at()));
@@ -147,15 +128,11 @@ async fn kill_owner(name: &str, latency: Option<Latency>) -> Run {
 
     // Presence: n3's members leave once; "both" stays; nobody else moves.
     let after = set(&["both", "u1", "u2"]);
-    within(Duration::from_secs(3), || async {
-        survivors.iter().all(|m| m.last().members().0 == after)
-    })
-    .await;
+    told_of(&survivors, &after).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut spurious = 0;
     for (member, seen_before) in survivors.iter().zip(&baseline) {
-        let events = member.last().member_events();
-        let since: Vec<String> = events[*seen_before..].to_vec();
+        let since = member_events_since(member, *seen_before);
         // Anything but the one member_removed u3.
         spurious += since.len() - usize::from(since.iter().any(|e| e == "-u3"));
         f.check(since == ["-u3"], || {
@@ -179,11 +156,7 @@ async fn kill_owner(name: &str, latency: Option<Latency>) -> Run {
             format!("{node} is not ready after n3 left: {ready:?}")
         });
     }
-    no_fencing(&cluster, &mut f, &["n1", "n2"]);
-    if !f.is_clean() {
-        cluster.print_metrics().await;
-        cluster.dump_logs(80);
-    }
+    wrap_up(&mut cluster, &mut f, &["n1", "n2"]).await;
     Run {
         findings: f,
         recovery,

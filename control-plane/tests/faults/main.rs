@@ -26,13 +26,14 @@ mod kill;
 mod partition;
 mod restart;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use relaymesh_proto::ring::Ring;
 
-use crate::check::{Delivery, Findings};
-use crate::clients::{Client, Nodes, Publish};
+use crate::check::{ms, Delivery, Findings};
+use crate::clients::{Client, Nodes, Publish, Publisher};
 use crate::cluster::{Cluster, APP};
 
 /// One fault test at a time.
@@ -57,6 +58,150 @@ pub fn owner(nodes: &[&str], channel: &str) -> String {
         .owner(APP, channel)
         .unwrap()
         .to_owned()
+}
+
+/// A fresh cluster of three nodes (no latency) for the test `name`, and its findings.
+pub async fn three_nodes(name: &str) -> (Cluster, Findings) {
+    (Cluster::start(name, 3, None).await, Findings::new(name))
+}
+
+/// The user names `users` as a set (what presence is compared with).
+pub fn set(users: &[&str]) -> BTreeSet<String> {
+    users.iter().map(|u| (*u).to_owned()).collect()
+}
+
+/// `count` subscribers of `channel` on each node of `on`, labelled `{label}-{i}@{node}`
+/// (`{label}@{node}` when `count` is 1).
+pub async fn subscribers(
+    nodes: &Nodes,
+    on: &[&str],
+    count: usize,
+    label: &str,
+    channel: &str,
+    reconnect: bool,
+) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for node in on {
+        for i in 0..count {
+            let label = if count == 1 {
+                format!("{label}@{node}")
+            } else {
+                format!("{label}-{i}@{node}")
+            };
+            clients.push(Client::start(&label, nodes, node, channel, None, reconnect).await);
+        }
+    }
+    clients
+}
+
+/// One subscriber labelled `{channel}-reader@{node}` per channel of `channels` and node of
+/// `on`, channel by channel.
+pub async fn readers_of_each(
+    nodes: &Nodes,
+    on: &[&str],
+    channels: &[String],
+    reconnect: bool,
+) -> Vec<Client> {
+    let mut readers = Vec::new();
+    for channel in channels {
+        let label = format!("{channel}-reader");
+        readers.extend(subscribers(nodes, on, 1, &label, channel, reconnect).await);
+    }
+    readers
+}
+
+/// Presence members of `room`, user `u{i+1}` on the i-th node of `on`.
+pub async fn members_on(nodes: &Nodes, on: &[&str], room: &str, reconnect: bool) -> Vec<Client> {
+    let mut members = Vec::new();
+    for (i, node) in on.iter().enumerate() {
+        let user = format!("u{}", i + 1);
+        let label = format!("{user}@{node}");
+        members.push(Client::start(&label, nodes, node, room, Some(&user), reconnect).await);
+    }
+    members
+}
+
+/// Waits up to 3 s until every member of `members` was told of `expected`; how long it
+/// took, or `None`.
+pub async fn told_of(members: &[&Client], expected: &BTreeSet<String>) -> Option<Duration> {
+    within(Duration::from_secs(3), || async {
+        members.iter().all(|m| m.last().members().0 == *expected)
+    })
+    .await
+}
+
+/// How many member events each of `members` has seen so far, to tell later ones apart.
+pub fn member_marks(members: &[&Client]) -> Vec<usize> {
+    members
+        .iter()
+        .map(|m| m.last().member_events().len())
+        .collect()
+}
+
+/// The member events `member` saw after `mark` (from [`member_marks`]).
+pub fn member_events_since(member: &Client, mark: usize) -> Vec<String> {
+    member.last().member_events()[mark..].to_vec()
+}
+
+/// Records a violation (worded by `describe`) for each member that saw a member event
+/// since its mark, though nobody came or went; how many events that was.
+pub fn no_member_events(
+    f: &mut Findings,
+    members: &[&Client],
+    marks: &[usize],
+    describe: impl Fn(&Client, &[String]) -> String,
+) -> usize {
+    let mut spurious = 0;
+    for (member, mark) in members.iter().zip(marks) {
+        let events = member_events_since(member, *mark);
+        spurious += events.len();
+        f.check(events.is_empty(), || describe(member, &events));
+    }
+    spurious
+}
+
+/// Publishes to `channels` through `node` every `interval`, and lets it run for 1 s so
+/// that every subscriber receives before the fault.
+pub async fn publish_through(
+    cluster: &Cluster,
+    node: &str,
+    channels: &[String],
+    interval: Duration,
+) -> Publisher {
+    let publisher = Publisher::start(&cluster.http, node, &cluster.base(node), channels, interval);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publisher
+}
+
+/// Waits up to `timeout` for every node to be ready; records the time as `figure` (when
+/// given) and a violation `{context}: {error}` if not.
+pub async fn all_ready(
+    cluster: &Cluster,
+    f: &mut Findings,
+    timeout: Duration,
+    figure: Option<&str>,
+    context: &str,
+) {
+    let ready = cluster.wait_ready(&cluster.nodes.clone(), timeout).await;
+    if let Some(figure) = figure {
+        f.figure(
+            figure,
+            ready
+                .as_ref()
+                .map_or_else(|e| format!("never: {e}"), |d| ms(*d).to_string()),
+        );
+    }
+    f.check(ready.is_ok(), || format!("{context}: {ready:?}"));
+}
+
+/// The end of every test: no node of `nodes` fenced itself, and on a violation the
+/// metrics and logs are printed as evidence.
+pub async fn wrap_up(cluster: &mut Cluster, f: &mut Findings, nodes: &[&str]) {
+    no_fencing(cluster, f, nodes);
+    if !f.is_clean() {
+        cluster.print_metrics().await;
+        cluster.dump_logs(80);
+    }
 }
 
 /// The nodes clients may connect to, by name.

@@ -7,12 +7,19 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::check::{self, ms, Delivery, Findings};
-use crate::clients::{api, users, Client, Publish, Publisher};
+use crate::clients::{api, users, Client, Publish};
 use crate::cluster::{Cluster, LEASE_TTL};
-use crate::{no_fencing, nodes, owned_by, owner, serial, settle, within};
+use crate::{
+    all_ready, member_events_since, member_marks, members_on, no_member_events, nodes, owned_by,
+    owner, publish_through, serial, set, settle, subscribers, three_nodes, told_of, within,
+    wrap_up,
+};
 
-fn set(users: &[&str]) -> BTreeSet<String> {
-    users.iter().map(|u| (*u).to_owned()).collect()
+/// `from`'s `relaymesh_mesh_link_up` gauge for its link to `to`.
+async fn link_up(cluster: &Cluster, from: &str, to: &str) -> Option<f64> {
+    cluster
+        .metric(from, &format!("relaymesh_mesh_link_up{{peer=\"{to}\"}}"))
+        .await
 }
 
 /// The events of `pubs` acknowledged with 200, published in `[from, to)` to `channel`,
@@ -26,6 +33,30 @@ fn missed(client: &Client, pubs: &[Publish], from: Instant, to: Instant) -> Vec<
         .collect()
 }
 
+/// After a heal: records how long the healed part took to come back (`took`, waited for
+/// 10 s) and checks that every node is ready; then lets the publisher run 2 s more. From
+/// the returned time (500 ms after that check) every subscriber should receive everything.
+async fn back_after_heal(
+    cluster: &Cluster,
+    f: &mut Findings,
+    figure: &str,
+    took: Option<Duration>,
+    violation: &str,
+) -> Instant {
+    f.waited(figure, took, Duration::from_secs(10), violation);
+    all_ready(
+        cluster,
+        f,
+        Duration::from_secs(5),
+        None,
+        "not every node is ready after the heal",
+    )
+    .await;
+    let back = Instant::now() + Duration::from_millis(500);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    back
+}
+
 /// Test 2: n3 cannot reach the control plane (nor it n3); the nodes still reach each
 /// other. n3 fences itself, its channels move, subscribers elsewhere keep receiving;
 /// healed, n3 comes back.
@@ -34,8 +65,7 @@ fn missed(client: &Client, pubs: &[Publish], from: Instant, to: Instant) -> Vec<
 async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
     let _serial = serial().await;
     let name = "cp-partition";
-    let mut cluster = Cluster::start(name, 3, None).await;
-    let mut f = Findings::new(name);
+    let (mut cluster, mut f) = three_nodes(name).await;
     let all = ["n1", "n2", "n3"];
     let news = owned_by(&all, "n3", "news-");
     let room = owned_by(&all, "n3", "presence-room-");
@@ -45,40 +75,21 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
         owner(&["n1", "n2"], &room)
     ));
     let nodes = nodes(&cluster, &all);
-    let mut readers = Vec::new();
-    for node in ["n1", "n2"] {
-        for i in 0..2 {
-            let label = format!("reader-{i}@{node}");
-            readers.push(Client::start(&label, &nodes, node, &news, None, false).await);
-        }
-    }
-    let mut on_n3 = Vec::new();
-    for i in 0..2 {
-        let label = format!("reader-{i}@n3");
-        on_n3.push(Client::start(&label, &nodes, "n3", &news, None, false).await);
-    }
-    let u1 = Client::start("u1@n1", &nodes, "n1", &room, Some("u1"), false).await;
-    let u2 = Client::start("u2@n2", &nodes, "n2", &room, Some("u2"), false).await;
-    let u3 = Client::start("u3@n3", &nodes, "n3", &room, Some("u3"), false).await;
-    let members = [&u1, &u2, &u3];
+    let readers = subscribers(&nodes, &["n1", "n2"], 2, "reader", &news, false).await;
+    let on_n3 = subscribers(&nodes, &["n3"], 2, "reader", &news, false).await;
+    let members = members_on(&nodes, &all, &room, false).await;
+    let members: Vec<&Client> = members.iter().collect();
     let everyone = set(&["u1", "u2", "u3"]);
-    within(Duration::from_secs(3), || async {
-        members.iter().all(|m| m.last().members().0 == everyone)
-    })
-    .await;
-    let baseline: Vec<usize> = members
-        .iter()
-        .map(|m| m.last().member_events().len())
-        .collect();
+    told_of(&members, &everyone).await;
+    let baseline = member_marks(&members);
 
-    let publisher = Publisher::start(
-        &cluster.http,
+    let publisher = publish_through(
+        &cluster,
         "n1",
-        &cluster.base("n1"),
         std::slice::from_ref(&news),
         Duration::from_millis(20),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    )
+    .await;
 
     let cut = Instant::now();
     f.note(&format!(
@@ -92,13 +103,12 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
             && cluster.metric("n3", "relaymesh_fenced").await == Some(1.0)
     })
     .await;
-    f.figure(
+    f.waited(
         "time from the cut to n3 fenced: /readyz 503 \"fenced\" and relaymesh_fenced 1 (ms)",
-        fenced.map_or("never (5 s)".to_owned(), |d| ms(d).to_string()),
+        fenced,
+        Duration::from_secs(5),
+        "n3 did not fence itself within 5 s of losing the control plane",
     );
-    f.check(fenced.is_some(), || {
-        "n3 did not fence itself within 5 s of losing the control plane".to_owned()
-    });
     let elsewhere: Vec<&Client> = readers.iter().collect();
     // The fenced node numbers nothing.
     let body = json!({"name": "probe", "channels": [news], "data": "x"});
@@ -121,7 +131,7 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
     let during: Vec<Vec<String>> = members
         .iter()
         .zip(&baseline)
-        .map(|(m, b)| m.last().member_events()[*b..].to_vec())
+        .map(|(m, b)| member_events_since(m, *b))
         .collect();
 
     let healed = Instant::now();
@@ -132,22 +142,15 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
             && cluster.metric("n3", "relaymesh_fenced").await == Some(0.0)
     })
     .await;
-    f.figure(
-        "time from the heal to n3 ready again with relaymesh_fenced 0 (ms)",
-        back.map_or("never (10 s)".to_owned(), |d| ms(d).to_string()),
-    );
-    f.check(back.is_some(), || {
-        "n3 was not ready (or still fenced) 10 s after the heal".to_owned()
-    });
-    let ready = cluster
-        .wait_ready(&cluster.nodes.clone(), Duration::from_secs(5))
-        .await;
-    f.check(ready.is_ok(), || {
-        format!("not every node is ready after the heal: {ready:?}")
-    });
     // Once n3 is back, its clients receive again.
-    let returned = Instant::now() + Duration::from_millis(500);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let returned = back_after_heal(
+        &cluster,
+        &mut f,
+        "time from the heal to n3 ready again with relaymesh_fenced 0 (ms)",
+        back,
+        "n3 was not ready (or still fenced) 10 s after the heal",
+    )
+    .await;
     let stopped = Instant::now();
     let pubs = publisher.stop().await;
     let mut checked: Vec<&Client> = readers.iter().collect();
@@ -211,7 +214,7 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
     // about anyone else; the lists must be right after the heal.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for ((member, b), during) in members.iter().zip(&baseline).zip(&during) {
-        let events = member.last().member_events()[*b..].to_vec();
+        let events = member_events_since(member, *b);
         f.figure(
             &format!("{}: member events while cut off / in all", member.label),
             format!("{during:?} / {events:?}"),
@@ -232,11 +235,7 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
         users(&cluster.http, &cluster.base("n1"), &room).await,
     );
     let _ = healed;
-    no_fencing(&cluster, &mut f, &["n1", "n2"]);
-    if !f.is_clean() {
-        cluster.print_metrics().await;
-        cluster.dump_logs(80);
-    }
+    wrap_up(&mut cluster, &mut f, &["n1", "n2"]).await;
     f.finish();
 }
 
@@ -245,47 +244,28 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
 async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
     let _serial = serial().await;
     let name = "node-partition";
-    let mut cluster = Cluster::start(name, 3, None).await;
-    let mut f = Findings::new(name);
+    let (mut cluster, mut f) = three_nodes(name).await;
     let all = ["n1", "n2", "n3"];
     let via_n3 = owned_by(&all, "n3", "news3-");
     let via_n2 = owned_by(&all, "n2", "news2-");
     let room = owned_by(&all, "n3", "presence-room-");
     let nodes = nodes(&cluster, &all);
-    let mut n3_readers = Vec::new();
-    for node in ["n1", "n2"] {
-        for i in 0..2 {
-            let label = format!("{via_n3}-reader-{i}@{node}");
-            n3_readers.push(Client::start(&label, &nodes, node, &via_n3, None, false).await);
-        }
-    }
-    let mut n2_readers = Vec::new();
-    for node in ["n1", "n3"] {
-        for i in 0..2 {
-            let label = format!("{via_n2}-reader-{i}@{node}");
-            n2_readers.push(Client::start(&label, &nodes, node, &via_n2, None, false).await);
-        }
-    }
-    let u1 = Client::start("u1@n1", &nodes, "n1", &room, Some("u1"), false).await;
-    let u2 = Client::start("u2@n2", &nodes, "n2", &room, Some("u2"), false).await;
-    let members = [&u1, &u2];
+    let label = format!("{via_n3}-reader");
+    let n3_readers = subscribers(&nodes, &["n1", "n2"], 2, &label, &via_n3, false).await;
+    let label = format!("{via_n2}-reader");
+    let n2_readers = subscribers(&nodes, &["n1", "n3"], 2, &label, &via_n2, false).await;
+    let members = members_on(&nodes, &["n1", "n2"], &room, false).await;
+    let members: Vec<&Client> = members.iter().collect();
     let everyone = set(&["u1", "u2"]);
-    within(Duration::from_secs(3), || async {
-        members.iter().all(|m| m.last().members().0 == everyone)
-    })
-    .await;
-    let baseline: Vec<usize> = members
-        .iter()
-        .map(|m| m.last().member_events().len())
-        .collect();
-    let publisher = Publisher::start(
-        &cluster.http,
+    told_of(&members, &everyone).await;
+    let baseline = member_marks(&members);
+    let publisher = publish_through(
+        &cluster,
         "n3",
-        &cluster.base("n3"),
         &[via_n3.clone(), via_n2.clone()],
         Duration::from_millis(20),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    )
+    .await;
 
     let cut = Instant::now();
     f.note(&format!("cut n1 from n2 at {}", cluster.at()));
@@ -319,14 +299,8 @@ async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
     let deadline = cut + detect;
     while Instant::now() < deadline && detected.iter().any(Option::is_none) {
         let now = [
-            cluster
-                .metric("n1", "relaymesh_mesh_link_up{peer=\"n2\"}")
-                .await
-                == Some(0.0),
-            cluster
-                .metric("n2", "relaymesh_mesh_link_up{peer=\"n1\"}")
-                .await
-                == Some(0.0),
+            link_up(&cluster, "n1", "n2").await == Some(0.0),
+            link_up(&cluster, "n2", "n1").await == Some(0.0),
             cluster.readyz("n1").await.is_some_and(|(s, _)| s == 503),
             cluster.readyz("n2").await.is_some_and(|(s, _)| s == 503),
         ];
@@ -372,31 +346,18 @@ async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
     f.note(&format!("heal at {}", cluster.at()));
     cluster.net.heal("n1", "n2");
     let relinked = within(Duration::from_secs(10), || async {
-        cluster
-            .metric("n1", "relaymesh_mesh_link_up{peer=\"n2\"}")
-            .await
-            == Some(1.0)
-            && cluster
-                .metric("n2", "relaymesh_mesh_link_up{peer=\"n1\"}")
-                .await
-                == Some(1.0)
+        link_up(&cluster, "n1", "n2").await == Some(1.0)
+            && link_up(&cluster, "n2", "n1").await == Some(1.0)
     })
     .await;
-    f.figure(
+    let back = back_after_heal(
+        &cluster,
+        &mut f,
         "time from the heal to the n1-n2 link up on both (ms)",
-        relinked.map_or("never (10 s)".to_owned(), |d| ms(d).to_string()),
-    );
-    f.check(relinked.is_some(), || {
-        "the n1-n2 link did not come back within 10 s of the heal".to_owned()
-    });
-    let ready = cluster
-        .wait_ready(&cluster.nodes.clone(), Duration::from_secs(5))
-        .await;
-    f.check(ready.is_ok(), || {
-        format!("not every node is ready after the heal: {ready:?}")
-    });
-    let back = Instant::now() + Duration::from_millis(500);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+        relinked,
+        "the n1-n2 link did not come back within 10 s of the heal",
+    )
+    .await;
     let pubs = publisher.stop().await;
     let mut checked: Vec<&Client> = n3_readers.iter().collect();
     checked.extend(n2_readers.iter());
@@ -445,15 +406,14 @@ async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
             )
         });
     }
-    for ((member, b), node) in members.iter().zip(&baseline).zip(["n1", "n2"]) {
-        let events = member.last().member_events()[*b..].to_vec();
-        f.check(events.is_empty(), || {
-            format!(
-                "{} on {node} saw member events {events:?} though nobody came or went",
-                member.label
-            )
-        });
-    }
+    // Each member's node is its last connection's (they do not reconnect).
+    no_member_events(&mut f, &members, &baseline, |member, events| {
+        format!(
+            "{} on {} saw member events {events:?} though nobody came or went",
+            member.label,
+            member.last().node
+        )
+    });
     check::presence(
         &mut f,
         "presence after the heal",
@@ -461,10 +421,6 @@ async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
         &everyone,
         users(&cluster.http, &cluster.base("n3"), &room).await,
     );
-    no_fencing(&cluster, &mut f, &["n1", "n2", "n3"]);
-    if !f.is_clean() {
-        cluster.print_metrics().await;
-        cluster.dump_logs(80);
-    }
+    wrap_up(&mut cluster, &mut f, &["n1", "n2", "n3"]).await;
     f.finish();
 }

@@ -1,16 +1,48 @@
 //! Restarts: the control plane killed and started again (test 4), and every node drained
 //! with SIGTERM and started again in turn (test 6).
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::check::{self, ms, rel, Delivery, Findings};
-use crate::clients::{lock, users, Client, Publisher};
+use crate::check::{self, ms, rel, Delivery};
+use crate::clients::{lock, users, Client, Nodes};
 use crate::cluster::{metric_at, Cluster};
-use crate::{no_fencing, nodes, owned_by, serial, settle, within};
+use crate::{
+    all_ready, member_marks, members_on, no_member_events, nodes, owned_by, publish_through,
+    readers_of_each, serial, set, settle, three_nodes, told_of, within, wrap_up,
+};
 
-fn set(users: &[&str]) -> BTreeSet<String> {
-    users.iter().map(|u| (*u).to_owned()).collect()
+const ALL: [&str; 3] = ["n1", "n2", "n3"];
+
+/// What both restart tests run on: a channel owned by each node with a subscriber on every
+/// node, and a member of `room` on every node (u1..u3), told of each other.
+struct Load {
+    channels: Vec<String>,
+    room: String,
+    nodes: Nodes,
+    readers: Vec<Client>,
+    members: Vec<Client>,
+}
+
+impl Load {
+    async fn start(cluster: &Cluster, room_owner: &str, reconnect: bool) -> Load {
+        let channels: Vec<String> = ALL
+            .iter()
+            .map(|n| owned_by(&ALL, n, &format!("news-{n}-")))
+            .collect();
+        let room = owned_by(&ALL, room_owner, "presence-room-");
+        let nodes = nodes(cluster, &ALL);
+        let readers = readers_of_each(&nodes, &ALL, &channels, reconnect).await;
+        let members = members_on(&nodes, &ALL, &room, reconnect).await;
+        let told: Vec<&Client> = members.iter().collect();
+        told_of(&told, &set(&["u1", "u2", "u3"])).await;
+        Load {
+            channels,
+            room,
+            nodes,
+            readers,
+            members,
+        }
+    }
 }
 
 /// Test 4: SIGKILL of the control plane; the nodes keep serving with their last view (no
@@ -20,55 +52,19 @@ fn set(users: &[&str]) -> BTreeSet<String> {
 async fn the_data_plane_outlives_a_control_plane_restart() {
     let _serial = serial().await;
     let name = "cp-restart";
-    let mut cluster = Cluster::start(name, 3, None).await;
-    let mut f = Findings::new(name);
-    let all = ["n1", "n2", "n3"];
-    let channels: Vec<String> = all
-        .iter()
-        .map(|n| owned_by(&all, n, &format!("news-{n}-")))
-        .collect();
-    let room = owned_by(&all, "n2", "presence-room-");
-    let nodes = nodes(&cluster, &all);
-    let mut readers = Vec::new();
-    for channel in &channels {
-        for node in all {
-            let label = format!("{channel}-reader@{node}");
-            readers.push(Client::start(&label, &nodes, node, channel, None, false).await);
-        }
-    }
-    let mut members = Vec::new();
-    for (i, node) in all.iter().enumerate() {
-        let user = format!("u{}", i + 1);
-        members.push(
-            Client::start(
-                &format!("{user}@{node}"),
-                &nodes,
-                node,
-                &room,
-                Some(&user),
-                false,
-            )
-            .await,
-        );
-    }
+    let (mut cluster, mut f) = three_nodes(name).await;
+    let all = ALL;
+    let Load {
+        channels,
+        room,
+        readers,
+        members,
+        ..
+    } = Load::start(&cluster, "n2", false).await;
     let members: Vec<&Client> = members.iter().collect();
     let everyone = set(&["u1", "u2", "u3"]);
-    within(Duration::from_secs(3), || async {
-        members.iter().all(|m| m.last().members().0 == everyone)
-    })
-    .await;
-    let baseline: Vec<usize> = members
-        .iter()
-        .map(|m| m.last().member_events().len())
-        .collect();
-    let publisher = Publisher::start(
-        &cluster.http,
-        "n1",
-        &cluster.base("n1"),
-        &channels,
-        Duration::from_millis(20),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = member_marks(&members);
+    let publisher = publish_through(&cluster, "n1", &channels, Duration::from_millis(20)).await;
 
     let killed = Instant::now();
     f.note(&format!("SIGKILL the control plane at {}", cluster.at()));
@@ -113,14 +109,12 @@ async fn the_data_plane_outlives_a_control_plane_restart() {
             && cluster.wait_ready(&names, Duration::ZERO).await.is_ok()
     })
     .await;
-    f.figure(
+    f.waited(
         "time from the restart to 3 active members and every node ready (ms)",
-        back.map_or("never (10 s)".to_owned(), |d| ms(d).to_string()),
+        back,
+        Duration::from_secs(10),
+        "the nodes did not all register again and become ready within 10 s of the restart",
     );
-    f.check(back.is_some(), || {
-        "the nodes did not all register again and become ready within 10 s of the restart"
-            .to_owned()
-    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ready = cluster.wait_ready(&names, Duration::ZERO).await;
     f.check(ready.is_ok(), || {
@@ -182,17 +176,12 @@ async fn the_data_plane_outlives_a_control_plane_restart() {
         ),
     );
     Delivery::of(&pubs, &checked, Duration::ZERO).report(&mut f, cluster.t0, "every channel");
-    let mut spurious = 0;
-    for (member, b) in members.iter().zip(&baseline) {
-        let events = member.last().member_events()[*b..].to_vec();
-        spurious += events.len();
-        f.check(events.is_empty(), || {
-            format!(
-                "{} saw member events {events:?} though nobody came or went",
-                member.label
-            )
-        });
-    }
+    let spurious = no_member_events(&mut f, &members, &baseline, |member, events| {
+        format!(
+            "{} saw member events {events:?} though nobody came or went",
+            member.label
+        )
+    });
     f.figure("spurious presence events", spurious);
     check::presence(
         &mut f,
@@ -201,11 +190,7 @@ async fn the_data_plane_outlives_a_control_plane_restart() {
         &everyone,
         users(&cluster.http, &cluster.base("n3"), &room).await,
     );
-    no_fencing(&cluster, &mut f, &all);
-    if !f.is_clean() {
-        cluster.print_metrics().await;
-        cluster.dump_logs(80);
-    }
+    wrap_up(&mut cluster, &mut f, &all).await;
     f.finish();
 }
 
@@ -217,51 +202,18 @@ async fn the_data_plane_outlives_a_control_plane_restart() {
 async fn a_rolling_restart_loses_no_acknowledged_event() {
     let _serial = serial().await;
     let name = "rolling-restart";
-    let mut cluster = Cluster::start(name, 3, None).await;
-    let mut f = Findings::new(name);
-    let all = ["n1", "n2", "n3"];
-    let channels: Vec<String> = all
-        .iter()
-        .map(|n| owned_by(&all, n, &format!("news-{n}-")))
-        .collect();
-    let room = owned_by(&all, "n1", "presence-room-");
-    let live = nodes(&cluster, &all);
-    let mut readers = Vec::new();
-    for channel in &channels {
-        for node in all {
-            let label = format!("{channel}-reader@{node}");
-            readers.push(Client::start(&label, &live, node, channel, None, true).await);
-        }
-    }
-    let mut members = Vec::new();
-    for (i, node) in all.iter().enumerate() {
-        let user = format!("u{}", i + 1);
-        members.push(
-            Client::start(
-                &format!("{user}@{node}"),
-                &live,
-                node,
-                &room,
-                Some(&user),
-                true,
-            )
-            .await,
-        );
-    }
+    let (mut cluster, mut f) = three_nodes(name).await;
+    let all = ALL;
+    let Load {
+        channels,
+        room,
+        nodes: live,
+        readers,
+        members,
+    } = Load::start(&cluster, "n1", true).await;
     let members: Vec<&Client> = members.iter().collect();
     let everyone = set(&["u1", "u2", "u3"]);
-    within(Duration::from_secs(3), || async {
-        members.iter().all(|m| m.last().members().0 == everyone)
-    })
-    .await;
-    let publisher = Publisher::start(
-        &cluster.http,
-        "n2",
-        &cluster.base("n2"),
-        &channels,
-        Duration::from_millis(20),
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let publisher = publish_through(&cluster, "n2", &channels, Duration::from_millis(20)).await;
 
     let mut terminated = Vec::new();
     for (i, node) in all.iter().enumerate() {
@@ -311,18 +263,14 @@ async fn a_rolling_restart_loses_no_acknowledged_event() {
             }
         }
         cluster.start_node(node);
-        let ready = cluster
-            .wait_ready(&cluster.nodes.clone(), Duration::from_secs(15))
-            .await;
-        f.figure(
-            &format!("{node}: from restart to every node ready (ms)"),
-            ready
-                .as_ref()
-                .map_or_else(|e| format!("never: {e}"), |d| ms(*d).to_string()),
-        );
-        f.check(ready.is_ok(), || {
-            format!("after restarting {node}: {ready:?}")
-        });
+        all_ready(
+            &cluster,
+            &mut f,
+            Duration::from_secs(15),
+            Some(&format!("{node}: from restart to every node ready (ms)")),
+            &format!("after restarting {node}"),
+        )
+        .await;
         lock(&live).push((node.to_string(), cluster.ws_addr(node)));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -370,10 +318,6 @@ async fn a_rolling_restart_loses_no_acknowledged_event() {
         users(&cluster.http, &cluster.base("n1"), &room).await,
     );
     f.figure("presence events that did not fit", spurious);
-    no_fencing(&cluster, &mut f, &all);
-    if !f.is_clean() {
-        cluster.print_metrics().await;
-        cluster.dump_logs(80);
-    }
+    wrap_up(&mut cluster, &mut f, &all).await;
     f.finish();
 }
