@@ -123,14 +123,20 @@ fn adopt(shared: &Arc<Shared>, link: Link) {
             crate::route::receive(&shared, &peer, frame);
         }
         let mut links = shared.peers.lock();
-        // Only forget it if a newer link has not replaced it.
-        if links.get(&peer).is_some_and(|l| this_link.same_link(l)) {
+        // Only forget it if a newer link has not replaced it: a replaced link ending says
+        // nothing about the peer.
+        let current = links.get(&peer).is_some_and(|l| this_link.same_link(l));
+        if current {
             links.remove(&peer);
         }
         drop(links);
-        shared.requests.fail_node(&peer);
-        tracing::info!(peer, "mesh link down");
-        set_up(&peer, false);
+        if current {
+            shared.requests.fail_node(&peer);
+            tracing::info!(peer, "mesh link down");
+            set_up(&peer, false);
+        } else {
+            tracing::debug!(peer, "a replaced mesh link ended");
+        }
     });
 }
 
