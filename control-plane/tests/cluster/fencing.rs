@@ -10,13 +10,9 @@ use crate::routing::*;
 use crate::support::*;
 
 async fn metric(node: &Node, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", node.addr))
+    node.metrics()
         .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
+        .lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
@@ -70,14 +66,7 @@ async fn a_node_cut_off_from_the_control_plane_stops_owning_and_comes_back() {
         "the channel to come back to c",
         Duration::from_secs(15),
         || async {
-            let (status, info) = api(
-                c,
-                "GET",
-                &format!("/channels/{channel}"),
-                &[("info", "subscription_count")],
-                None,
-            )
-            .await;
+            let (status, info) = channel_info(c, &channel, "subscription_count").await;
             (status == 200 && info["subscription_count"] == 1).then_some(())
         },
     )

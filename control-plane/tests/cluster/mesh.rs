@@ -44,12 +44,7 @@ async fn full_mesh_follows_the_view(transport: MeshTransport) {
     linked(&a, &["mesh-b", "mesh-c"]).await;
     linked(&b, &["mesh-a", "mesh-c"]).await;
     linked(&c, &["mesh-a", "mesh-b"]).await;
-    let metrics = reqwest::get(format!("http://{}/metrics", a.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics().await;
     assert!(
         metrics.contains("relaymesh_mesh_link_up{peer=\"mesh-b\"} 1"),
         "{metrics}"

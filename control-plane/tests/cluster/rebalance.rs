@@ -38,14 +38,7 @@ async fn a_joining_node_takes_its_channels_without_loss_or_spurious_presence() {
     cluster.ready().await;
     // d owns both channels now; publish through c, the former owner.
     eventually("d's view to settle everywhere", WAIT, || async {
-        let (status, info) = api(
-            cluster.node("d"),
-            "GET",
-            &format!("/channels/{news}"),
-            &[("info", "subscription_count")],
-            None,
-        )
-        .await;
+        let (status, info) = channel_info(cluster.node("d"), &news, "subscription_count").await;
         (status == 200 && info["subscription_count"] == 2).then_some(())
     })
     .await;
@@ -58,14 +51,7 @@ async fn a_joining_node_takes_its_channels_without_loss_or_spurious_presence() {
     // Nobody came or went.
     expect_quiet(&mut u1).await;
     expect_quiet(&mut u2).await;
-    let (_, users) = api(
-        cluster.node("a"),
-        "GET",
-        &format!("/channels/{room}/users"),
-        &[],
-        None,
-    )
-    .await;
+    let (_, users) = channel_users(cluster.node("a"), &room).await;
     assert_eq!(
         users,
         serde_json::json!({"users": [{"id": "u1"}, {"id": "u2"}]})
@@ -111,14 +97,7 @@ async fn a_leaving_node_takes_only_its_own_members_away() {
         assert_eq!(removed.data["user_id"], "u3");
         expect_quiet(member).await;
     }
-    let (_, users) = api(
-        cluster.node("c"),
-        "GET",
-        &format!("/channels/{room}/users"),
-        &[],
-        None,
-    )
-    .await;
+    let (_, users) = channel_users(cluster.node("c"), &room).await;
     assert_eq!(
         users,
         serde_json::json!({"users": [{"id": "u1"}, {"id": "u2"}]})
@@ -177,14 +156,7 @@ async fn drain_moves_channels_then_clients(by_operator: bool) {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(expect_event(&mut reader, "after-drain").await.data, "d");
     expect_quiet(&mut reader).await;
-    let (_, users) = api(
-        cluster.node("c"),
-        "GET",
-        &format!("/channels/{room}/users"),
-        &[],
-        None,
-    )
-    .await;
+    let (_, users) = channel_users(cluster.node("c"), &room).await;
     assert_eq!(users, serde_json::json!({"users": [{"id": "u1"}]}));
     cluster.shutdown().await;
 }

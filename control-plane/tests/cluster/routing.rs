@@ -149,6 +149,28 @@ pub(crate) async fn api(
     )
 }
 
+/// `GET /channels/{channel}` with `info` (comma-separated attributes, or empty).
+pub(crate) async fn channel_info(node: &Node, channel: &str, info: &str) -> (u16, Value) {
+    let params: &[(&str, &str)] = if info.is_empty() {
+        &[]
+    } else {
+        &[("info", info)]
+    };
+    api(node, "GET", &format!("/channels/{channel}"), params, None).await
+}
+
+/// `GET /channels/{channel}/users`.
+pub(crate) async fn channel_users(node: &Node, channel: &str) -> (u16, Value) {
+    api(
+        node,
+        "GET",
+        &format!("/channels/{channel}/users"),
+        &[],
+        None,
+    )
+    .await
+}
+
 pub(crate) async fn trigger(
     node: &Node,
     channels: &[&str],
@@ -232,14 +254,7 @@ async fn publish_reaches_every_node(transport: MeshTransport) {
 
     // Cluster-wide queries from the node that has no subscriber.
     let b = cluster.node("b");
-    let (status, info) = api(
-        b,
-        "GET",
-        &format!("/channels/{channel}"),
-        &[("info", "subscription_count")],
-        None,
-    )
-    .await;
+    let (status, info) = channel_info(b, &channel, "subscription_count").await;
     assert_eq!(status, 200);
     assert_eq!(info, json!({"occupied": true, "subscription_count": 2}));
     let other = owned_by("a", "other-");
@@ -264,16 +279,11 @@ async fn publish_reaches_every_node(transport: MeshTransport) {
         .await;
     drop(on_c);
     eventually("the channel to be vacated", WAIT, || async {
-        let (_, info) = api(b, "GET", &format!("/channels/{channel}"), &[], None).await;
+        let (_, info) = channel_info(b, &channel, "").await;
         (info == json!({"occupied": false})).then_some(())
     })
     .await;
-    let metrics = reqwest::get(format!("http://{}/metrics", b.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = b.metrics().await;
     for name in [
         "relaymesh_mesh_frames_out_total",
         "relaymesh_mesh_bytes_out_total",
@@ -316,24 +326,11 @@ async fn presence_is_held_by_the_owner(transport: MeshTransport) {
     expect_quiet(&mut u1_on_a).await;
     expect_quiet(&mut u2_on_b).await;
 
-    let (status, users) = api(
-        cluster.node("a"),
-        "GET",
-        &format!("/channels/{channel}/users"),
-        &[],
-        None,
-    )
-    .await;
+    let (status, users) = channel_users(cluster.node("a"), &channel).await;
     assert_eq!(status, 200);
     assert_eq!(users, json!({"users": [{"id": "u1"}, {"id": "u2"}]}));
-    let (_, info) = api(
-        cluster.node("b"),
-        "GET",
-        &format!("/channels/{channel}"),
-        &[("info", "user_count,subscription_count")],
-        None,
-    )
-    .await;
+    let (_, info) =
+        channel_info(cluster.node("b"), &channel, "user_count,subscription_count").await;
     assert_eq!(
         info,
         json!({"occupied": true, "user_count": 2, "subscription_count": 3})
@@ -437,14 +434,7 @@ async fn users_and_cache_channels_work_across_nodes() {
     let mut fan = a.connect(KEY).await;
     subscribe_public(&mut fan, &cached).await;
     assert_eq!(expect_event(&mut fan, "score").await.data, "3:1");
-    let (_, info) = api(
-        a,
-        "GET",
-        &format!("/channels/{cached}"),
-        &[("info", "cache")],
-        None,
-    )
-    .await;
+    let (_, info) = channel_info(a, &cached, "cache").await;
     assert_eq!(info["cache"]["data"], "3:1", "{info}");
 
     let (status, _) = api(
@@ -607,12 +597,7 @@ async fn a_message_for_another_owner_is_forwarded() {
     let c = cluster.node("c");
     relaymesh_node::route::receive(c.handle.shared(), "b", envelope.encode_to_vec().into());
     assert_eq!(expect_event(&mut on_a, "moved").await.data, "via c");
-    let metrics = reqwest::get(format!("http://{}/metrics", c.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics().await;
     assert!(
         metrics.contains("relaymesh_mesh_forwarded_total"),
         "{metrics}"

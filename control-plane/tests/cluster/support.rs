@@ -596,6 +596,16 @@ impl Node {
         response.status().as_u16()
     }
 
+    /// The node's /metrics text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn readyz(&self) -> u16 {
         reqwest::get(format!("http://{}/readyz", self.addr))
             .await
