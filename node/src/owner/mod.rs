@@ -806,9 +806,13 @@ impl Owner {
         if state.sockets.is_empty() {
             shard.channels.remove(channel);
             self.count_owned(-1.0);
-            sink.webhook(WebhookEvent::ChannelVacated {
-                channel: channel.into(),
-            });
+            // Only a channel some node resynced was occupied before; a placeholder held
+            // for a takeover was not (a false vacated would cancel the occupied after it).
+            if !told.is_empty() {
+                sink.webhook(WebhookEvent::ChannelVacated {
+                    channel: channel.into(),
+                });
+            }
         }
         for (node, incarnation, body) in queued {
             let origin = Origin {
