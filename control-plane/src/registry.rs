@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use relaymesh_proto::control::{App, Member, NodeInfo, NodeLoad, NodeState, ViewUpdate};
+use relaymesh_proto::control::{
+    App, Member, NodeInfo, NodeLoad, NodeState, ViewUpdate, OUTAGE_GRACE,
+};
 use relaymesh_proto::ring::Ring;
 use thiserror::Error;
 
@@ -45,6 +47,12 @@ pub struct Registry {
     version: u64,
     lease_ttl: Duration,
     members: BTreeMap<String, MemberRecord>,
+    /// When a lease was last renewed or granted; nodes go quiet all at once when this
+    /// control plane is the one cut off (or just restarted), and then nobody is expired.
+    last_renewal: Instant,
+    /// No member renewed for half the TTL: the next renewal gives every member
+    /// [`OUTAGE_GRACE`] to reach this control plane again.
+    stalled: bool,
     /// Lease id → node id.
     leases: HashMap<String, String>,
     apps: BTreeMap<String, App>,
@@ -60,6 +68,8 @@ impl Registry {
             version,
             lease_ttl,
             members: BTreeMap::new(),
+            last_renewal: Instant::now(),
+            stalled: false,
             leases: HashMap::new(),
             apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
             ring: std::cell::OnceCell::new(),
@@ -109,18 +119,24 @@ impl Registry {
         }
     }
 
-    /// Registers (or re-registers) a node with a new lease; it joins as `Joining`.
+    /// Registers (or re-registers) a node with a new lease. A new node, or a new process
+    /// of one (another incarnation), joins as `Joining`; the same process registering
+    /// again (after a control-plane outage or restart) keeps its state, so the ring stays.
     pub fn register(&mut self, now: Instant, info: NodeInfo, lease_id: String) -> ViewUpdate {
+        self.renewal(now);
+        let mut state = NodeState::Joining;
         if let Some(old) = self.members.get(&info.node_id) {
             self.leases.remove(&old.lease_id);
-            if old.state == NodeState::Active {
+            if old.info.incarnation == info.incarnation && old.info.mesh_addr == info.mesh_addr {
+                state = old.state;
+            } else if old.state == NodeState::Active {
                 self.active_set_changed();
             }
         }
         self.leases.insert(lease_id.clone(), info.node_id.clone());
         let record = MemberRecord {
             info: info.clone(),
-            state: NodeState::Joining,
+            state,
             lease_id,
             lease_expires: now + self.lease_ttl,
             registered: now,
@@ -144,6 +160,10 @@ impl Registry {
             .get(lease_id)
             .ok_or(RegistryError::UnknownLease)?
             .clone();
+        if !self.members.contains_key(&node_id) {
+            return Err(RegistryError::UnknownLease);
+        }
+        self.renewal(now);
         let ttl = self.lease_ttl;
         let record = self
             .members
@@ -185,8 +205,55 @@ impl Registry {
         self.drain(&node_id)
     }
 
-    /// Removes every node whose lease ran out; one update for all of them.
+    /// Members known before a restart, restored from the state file: they keep their
+    /// state without a lease, and have [`OUTAGE_GRACE`] beyond the TTL to register again,
+    /// so the ring does not change while they come back one by one.
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        members: impl IntoIterator<Item = (NodeInfo, NodeState)>,
+    ) {
+        for (info, state) in members {
+            let record = MemberRecord {
+                info: info.clone(),
+                state,
+                lease_id: String::new(),
+                lease_expires: now + self.lease_ttl + OUTAGE_GRACE,
+                registered: now,
+                load: NodeLoad::default(),
+            };
+            self.members.insert(info.node_id, record);
+        }
+        self.last_renewal = now;
+        self.active_set_changed();
+    }
+
+    /// A lease was granted or renewed. The first after a stall gives every member the
+    /// grace to come back: they were cut off from this control plane, not from each other.
+    fn renewal(&mut self, now: Instant) {
+        if self.stalled {
+            self.stalled = false;
+            let until = now + self.lease_ttl + OUTAGE_GRACE;
+            for record in self.members.values_mut() {
+                record.lease_expires = record.lease_expires.max(until);
+            }
+        }
+        self.last_renewal = now;
+    }
+
+    /// Removes every node whose lease ran out; one update for all of them. When no member
+    /// renewed for half the TTL, this control plane is the one cut off (or
+    /// every node died at once, and then there is no one to hand channels to): nobody is
+    /// expired until renewals resume.
     pub fn expire(&mut self, now: Instant) -> Option<(Vec<String>, ViewUpdate)> {
+        if !self.members.is_empty()
+            && now.saturating_duration_since(self.last_renewal) >= self.lease_ttl / 2
+        {
+            self.stalled = true;
+        }
+        if self.stalled {
+            return None;
+        }
         let expired: Vec<String> = self
             .members
             .values()
@@ -294,9 +361,15 @@ mod tests {
             .keep_alive(t0 + ttl / 2, "lease-a", NodeLoad::default())
             .unwrap();
         assert!(u.is_none(), "a renewal is not a view change");
-        assert!(r.expire(t0 + ttl).is_none(), "renewed at ttl/2");
+        assert!(r.expire(t0 + ttl * 3 / 4).is_none(), "renewed at ttl/2");
+        // a stops renewing while b (registered, then renewing) goes on.
+        r.register(t0 + ttl, info("b"), "lease-b".into());
+        let (_, u) = r
+            .keep_alive(t0 + ttl + ttl / 4, "lease-b", NodeLoad::default())
+            .unwrap();
+        assert_eq!(u.unwrap().version, 14);
         let (expired, u) = r.expire(t0 + ttl + ttl / 2).unwrap();
-        assert_eq!((expired, u.version), (vec!["a".to_owned()], 13));
+        assert_eq!((expired, u.version), (vec!["a".to_owned()], 15));
         assert_eq!(
             r.keep_alive(t0, "lease-a", NodeLoad::default())
                 .unwrap_err(),
@@ -314,6 +387,84 @@ mod tests {
         assert!(r.keep_alive(t0, "new", NodeLoad::default()).is_ok());
         assert_eq!(r.full_view().members.len(), 1);
         assert!(r.leave("new").unwrap().removed_nodes == vec!["a".to_owned()]);
+    }
+
+    #[test]
+    fn the_same_process_registering_again_keeps_its_place() {
+        let t0 = Instant::now();
+        let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
+        let mut a = info("a");
+        a.incarnation = 1;
+        r.register(t0, a.clone(), "l1".into());
+        r.keep_alive(t0, "l1", NodeLoad::default()).unwrap();
+        let u = r.register(t0, a.clone(), "l2".into());
+        assert_eq!(u.members[0].state, NodeState::Active as i32);
+        assert_eq!(r.owner("app", "c").unwrap().node_id, "a");
+        a.incarnation = 2;
+        let u = r.register(t0, a, "l3".into());
+        assert_eq!(
+            u.members[0].state,
+            NodeState::Joining as i32,
+            "a new process joins"
+        );
+        assert!(r.owner("app", "c").is_none());
+    }
+
+    #[test]
+    fn restored_members_keep_the_ring_and_get_the_grace() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(1);
+        let mut r = Registry::new(0, ttl, Vec::new());
+        r.restore(
+            t0,
+            [
+                (info("a"), NodeState::Active),
+                (info("b"), NodeState::Active),
+            ],
+        );
+        assert!(
+            r.owner("app", "c").is_some(),
+            "restored active members own channels"
+        );
+        let u = r.register(t0, info("a"), "la".into());
+        assert_eq!(u.members[0].state, NodeState::Active as i32);
+        // a renews; b never comes back and expires after the TTL and the grace.
+        let mut t = t0;
+        while t < t0 + ttl + OUTAGE_GRACE {
+            r.keep_alive(t, "la", NodeLoad::default()).unwrap();
+            assert!(
+                r.expire(t).is_none(),
+                "b is within its grace at {:?}",
+                t - t0
+            );
+            t += ttl / 4;
+        }
+        r.keep_alive(t, "la", NodeLoad::default()).unwrap();
+        let (expired, _) = r.expire(t + ttl / 8).unwrap();
+        assert_eq!(expired, vec!["b".to_owned()]);
+    }
+
+    #[test]
+    fn nobody_expires_while_nobody_renews() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(1);
+        let mut r = Registry::new(0, ttl, Vec::new());
+        for id in ["a", "b"] {
+            r.register(t0, info(id), id.into());
+            r.keep_alive(t0, id, NodeLoad::default()).unwrap();
+        }
+        // The control plane hears from no one for 10 TTLs: it is the one cut off.
+        assert!(r.expire(t0 + ttl * 10).is_none());
+        // a is back and renews; b gets the grace from then on, then expires.
+        let back = t0 + ttl * 10;
+        let mut t = back;
+        while t < back + ttl + OUTAGE_GRACE {
+            r.keep_alive(t, "a", NodeLoad::default()).unwrap();
+            assert!(r.expire(t).is_none(), "b is within its grace");
+            t += ttl / 4;
+        }
+        r.keep_alive(t, "a", NodeLoad::default()).unwrap();
+        assert_eq!(r.expire(t).unwrap().0, vec!["b".to_owned()]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::registry::{Registry, RegistryError};
-use crate::store::{NodeRecord, Snapshot, Store, StoredApp};
+use crate::store::{NodeRecord, Snapshot, Store, StoredApp, StoredMember};
 use crate::telemetry;
 use crate::Config;
 
@@ -92,7 +92,13 @@ impl ControlPlane {
         stopping: watch::Receiver<bool>,
     ) -> ControlPlane {
         let apps = snapshot.apps.iter().cloned().map(App::from).collect();
-        let registry = Registry::new(snapshot.version_ceiling, config.lease_ttl, apps);
+        let mut registry = Registry::new(snapshot.version_ceiling, config.lease_ttl, apps);
+        let members = snapshot
+            .members
+            .iter()
+            .cloned()
+            .filter_map(StoredMember::restore);
+        registry.restore(Instant::now(), members);
         let (updates, _) = broadcast::channel(WATCH_BACKLOG);
         ControlPlane {
             state: Mutex::new(State {
@@ -126,6 +132,15 @@ impl ControlPlane {
     /// broadcasts the update. Called with the lock held.
     fn commit(&self, state: &mut State, update: ViewUpdate, durable: bool) -> Result<(), Status> {
         let mut save = durable;
+        if !update.members.is_empty() || !update.removed_nodes.is_empty() {
+            state.snapshot.members = state
+                .registry
+                .members()
+                .map(|m| StoredMember::new(&m.info, m.state))
+                .collect();
+            // Membership is saved within a tick, not on every keepalive that changes it.
+            state.nodes_dirty = true;
+        }
         if update.version >= state.snapshot.version_ceiling {
             state.snapshot.version_ceiling = update.version + VERSION_RESERVATION;
             save = true;

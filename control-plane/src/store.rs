@@ -9,7 +9,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use relaymesh_proto::control::{App, NodeInfo};
+use relaymesh_proto::control::{App, NodeInfo, NodeState};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -104,11 +104,69 @@ impl NodeRecord {
     }
 }
 
+/// A member of the view as of the last save: restored on start so that a restarted
+/// control plane serves the same ring while its nodes register again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMember {
+    pub node_id: String,
+    pub region: String,
+    pub client_addr: String,
+    pub mesh_addr: String,
+    pub version: String,
+    pub capacity: u64,
+    pub incarnation: u64,
+    /// "joining", "active" or "draining".
+    pub state: String,
+}
+
+impl StoredMember {
+    pub fn new(info: &NodeInfo, state: NodeState) -> StoredMember {
+        StoredMember {
+            node_id: info.node_id.clone(),
+            region: info.region.clone(),
+            client_addr: info.client_addr.clone(),
+            mesh_addr: info.mesh_addr.clone(),
+            version: info.version.clone(),
+            capacity: info.capacity,
+            incarnation: info.incarnation,
+            state: match state {
+                NodeState::Active => "active",
+                NodeState::Draining => "draining",
+                NodeState::Joining | NodeState::Unspecified => "joining",
+            }
+            .into(),
+        }
+    }
+
+    /// The member as the registry holds it; `None` for a state this version does not know.
+    pub fn restore(self) -> Option<(NodeInfo, NodeState)> {
+        let state = match self.state.as_str() {
+            "active" => NodeState::Active,
+            "draining" => NodeState::Draining,
+            "joining" => NodeState::Joining,
+            _ => return None,
+        };
+        let info = NodeInfo {
+            node_id: self.node_id,
+            region: self.region,
+            client_addr: self.client_addr,
+            mesh_addr: self.mesh_addr,
+            version: self.version,
+            capacity: self.capacity,
+            incarnation: self.incarnation,
+        };
+        Some((info, state))
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub version_ceiling: u64,
     pub apps: Vec<StoredApp>,
     pub nodes: Vec<NodeRecord>,
+    /// Absent in files written before members were kept.
+    #[serde(default)]
+    pub members: Vec<StoredMember>,
 }
 
 pub struct Store {
@@ -180,8 +238,18 @@ mod tests {
                 ..App::default()
             })],
             nodes: Vec::new(),
+            members: vec![StoredMember::new(
+                &NodeInfo {
+                    node_id: "a".into(),
+                    incarnation: 7,
+                    ..NodeInfo::default()
+                },
+                NodeState::Draining,
+            )],
         };
         store.save(&snapshot).unwrap();
+        let (info, state) = snapshot.members[0].clone().restore().unwrap();
+        assert_eq!((info.incarnation, state), (7, NodeState::Draining));
         assert_eq!(Store::open(&dir).unwrap().1, snapshot);
         fs::write(dir.join(FILE), b"{not json").unwrap();
         assert!(matches!(Store::open(&dir), Err(StoreError::Corrupt { .. })));

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use relaymesh_proto::control::OUTAGE_GRACE;
 use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::{Resync, Subscribe, Synced};
 use tokio::sync::watch;
@@ -55,7 +56,11 @@ impl Progress {
 
     fn record(&self, node: &str, version: u64, renewed_at: Option<Instant>) {
         let mut members = self.lock();
-        let done = members.get(node).map_or(version, |h| h.done.max(version));
+        let before = members.get(node).map(|h| h.done);
+        let done = before.map_or(version, |d| d.max(version));
+        if before != Some(done) {
+            tracing::debug!(node, done, "member done with a view");
+        }
         // Bounded by the view: members that left are forgotten in `forget_gone`.
         members.insert(node.to_owned(), Heard { done, renewed_at });
     }
@@ -94,7 +99,9 @@ pub fn synced(shared: &Shared, node: &str, version: u64, renewed_ago: Option<Dur
 /// others), and either the cluster goes on without it (another member renewed two
 /// heartbeats after this node last did) or it can reach no other member. A control plane
 /// that is down for everyone fences no one: nobody renews, and the data plane keeps going
-/// with the last view.
+/// with the last view. When it comes back, nodes register again one after another; the
+/// control plane gives every member [`OUTAGE_GRACE`] for that, so a node that is not yet
+/// back is not left behind during half of it.
 pub fn must_fence(shared: &Shared) -> bool {
     if shared.config.control_plane.endpoint.is_none() || !shared.lease.in_doubt() {
         return false;
@@ -112,10 +119,26 @@ pub fn must_fence(shared: &Shared) -> bool {
         return false;
     }
     let cut_off = others.iter().all(|id| shared.peers.link(id).is_none());
+    if cut_off {
+        return true;
+    }
+    let now = Instant::now();
+    // Past the TTL by every member's word: the control plane saw no renewal for half of it
+    // (their news lags by less than that), so it holds everyone's lease for the grace.
+    let outage = now.checked_sub(shared.lease.ttl()).is_some_and(|long_ago| {
+        renewed_at < long_ago && !shared.progress.renewed_since(&shared.node_id, long_ago)
+    });
+    if outage {
+        shared.lease.outage_seen(now);
+    }
+    let coming_back = shared
+        .lease
+        .outage_seen_at()
+        .is_some_and(|at| now.saturating_duration_since(at) < OUTAGE_GRACE / 2);
     let left_behind = shared
         .progress
         .renewed_since(&shared.node_id, renewed_at + 2 * shared.lease.heartbeat());
-    cut_off || left_behind
+    left_behind && !coming_back
 }
 
 /// Settles the rebuilt channels whose members are all done, or that waited too long.

@@ -53,6 +53,8 @@ pub enum RouteError {
     NotInCluster,
     #[error("node {0} lost its lease with the control plane and owns no channel until it registers again")]
     Fenced(String),
+    #[error("the channel's owner is changing (reported by node {0}); retry")]
+    Moving(String),
 }
 
 /// A request's id → the node it waits for and where its answer goes.
@@ -228,6 +230,9 @@ impl Waiting {
         }
         if reply.status == reply::Status::Fenced as i32 {
             return Err(RouteError::Fenced(self.node));
+        }
+        if reply.status == reply::Status::Moving as i32 {
+            return Err(RouteError::Moving(self.node));
         }
         let owner = if self.local { "local" } else { "remote" };
         metrics::histogram!(telemetry::PUBLISH_TO_OWNER, "owner" => owner)
@@ -430,13 +435,21 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
     }
     // A resync numbers nothing: keep it, the sender's view is newer than this node's.
     if shared.is_fenced() && !matches!(body, Body::Resync(_)) {
-        return refuse_fenced(shared, &envelope, &body);
+        return refuse(shared, &envelope, &body, Refusal::Fenced);
     }
-    let newer_or_same = shared.view.borrow().version >= envelope.view_version;
+    let view_version = shared.view.borrow().version;
     if let Ok(Some(owner)) = owner_of(shared, &app.id, &envelope.channel) {
-        if newer_or_same && envelope.hops < HOPS_MAX {
+        if view_version >= envelope.view_version {
+            if envelope.hops >= HOPS_MAX {
+                // Views in flight disagree about the owner; accepting here would decide
+                // on a channel this node no longer holds.
+                return refuse(shared, &envelope, &body, Refusal::Moving);
+            }
             let mut envelope = envelope.clone();
             envelope.hops += 1;
+            // The owner may not have this view yet: it must hold the channel for the
+            // resyncs of this view (a sender whose view is ahead) rather than send it back.
+            envelope.view_version = view_version;
             envelope.body = Some(body);
             metrics::counter!(telemetry::MESH_FORWARDED).increment(1);
             // Unsent, the origin's request times out into an error.
@@ -447,21 +460,43 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
     owner_receive(shared, &app, origin, &envelope.channel, body);
 }
 
-/// A fenced node answers what asks for an answer with an error and drops the rest.
-fn refuse_fenced(shared: &Shared, envelope: &Envelope, body: &Body) {
-    dropped(&envelope.origin, "fenced");
+/// Why an owner-bound message is refused.
+#[derive(Clone, Copy)]
+enum Refusal {
+    Fenced,
+    Moving,
+}
+
+/// Answers what asks for an answer with an error and drops the rest.
+fn refuse(shared: &Shared, envelope: &Envelope, body: &Body, why: Refusal) {
+    let (reason, status, error) = match why {
+        Refusal::Fenced => (
+            "fenced",
+            reply::Status::Fenced,
+            RouteError::Fenced(shared.node_id.clone()),
+        ),
+        Refusal::Moving => (
+            "moving",
+            reply::Status::Moving,
+            RouteError::Moving(shared.node_id.clone()),
+        ),
+    };
+    dropped(&envelope.origin, reason);
     let id = request_id(body);
     let answer = match body {
         _ if id != 0 => Body::Reply(Reply {
             request_id: id,
-            status: reply::Status::Fenced as i32,
+            status: status as i32,
             ..Reply::default()
         }),
+        // The edge asks again for its pending subscriptions when its view changes, and
+        // a view change is on its way.
+        Body::Subscribe(_) if matches!(why, Refusal::Moving) => return,
         Body::Subscribe(subscribe) => {
             let text = relaymesh_proto::frame::subscription_error(
                 &envelope.channel,
                 "ServiceUnavailable",
-                &RouteError::Fenced(shared.node_id.clone()).to_string(),
+                &error.to_string(),
                 503,
             );
             Body::SubscribeResult(relaymesh_proto::mesh::SubscribeResult {

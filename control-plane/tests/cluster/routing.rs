@@ -568,39 +568,59 @@ async fn a_publish_to_an_unreachable_owner_is_an_error() {
     cluster.shutdown().await;
 }
 
-/// A message that reaches a node which does not own the channel in its (newer) view is
-/// passed on to the owner it knows.
-#[tokio::test]
-async fn a_message_for_another_owner_is_forwarded() {
+/// A publish of `text` for `channel` as if b had sent it with an old view, `hops` hops ago.
+fn stale_publish(channel: &str, text: &str, hops: u32) -> Vec<u8> {
     use prost::Message as _;
     use relaymesh_proto::mesh::envelope::Body;
     use relaymesh_proto::mesh::{Envelope, Publish};
+    let envelope = Envelope {
+        view_version: 0,
+        origin: "b".into(),
+        hops,
+        app_id: APP.into(),
+        channel: channel.into(),
+        incarnation: 1,
+        body: Some(Body::Publish(Publish {
+            request_id: 7,
+            frame: relaymesh_node::edge::ws::codec::text_frame(text),
+            ..Publish::default()
+        })),
+    };
+    envelope.encode_to_vec()
+}
 
+/// A message that reaches a node which does not own the channel in its (newer) view is
+/// passed on to the owner it knows; one that has used up its hops is refused rather than
+/// decided by a node that does not hold the channel.
+#[tokio::test]
+async fn a_message_for_another_owner_is_forwarded() {
     let cluster = Cluster::start(MeshTransport::Quic, |_| {}).await;
     let channel = owned_by("a", "forwarded-");
     let mut on_a = cluster.node("a").connect(KEY).await;
     subscribe_public(&mut on_a, &channel).await;
-    let text = format!(r#"{{"event":"moved","channel":"{channel}","data":"via c"}}"#);
-    // As if b, with an older view that named c the owner, sent it to c.
-    let envelope = Envelope {
-        view_version: 0,
-        origin: "b".into(),
-        hops: 0,
-        app_id: APP.into(),
-        channel: channel.clone(),
-        incarnation: 1,
-        body: Some(Body::Publish(Publish {
-            frame: relaymesh_node::edge::ws::codec::text_frame(&text),
-            ..Publish::default()
-        })),
-    };
     let c = cluster.node("c");
-    relaymesh_node::route::receive(c.handle.shared(), "b", envelope.encode_to_vec().into());
+    let moved = format!(r#"{{"event":"moved","channel":"{channel}","data":"via c"}}"#);
+    let late = format!(r#"{{"event":"late","channel":"{channel}","data":"hops used up"}}"#);
+    // As if b, with an older view that named c the owner, sent it to c.
+    relaymesh_node::route::receive(
+        c.handle.shared(),
+        "b",
+        stale_publish(&channel, &late, 2).into(),
+    );
+    relaymesh_node::route::receive(
+        c.handle.shared(),
+        "b",
+        stale_publish(&channel, &moved, 0).into(),
+    );
     assert_eq!(expect_event(&mut on_a, "moved").await.data, "via c");
     let metrics = c.metrics().await;
     assert!(
         metrics.contains("relaymesh_mesh_forwarded_total"),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"reason="moving""#),
+        "the refused message is counted: {metrics}"
     );
     cluster.shutdown().await;
 }

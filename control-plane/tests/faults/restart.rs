@@ -48,7 +48,7 @@ impl Load {
 /// Test 4: SIGKILL of the control plane; the nodes keep serving with their last view (no
 /// one fences itself), then register again with the restarted control plane.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure (issue 6, open): a restarted control plane rebuilds membership from re-registrations one node at a time, so the ring churns and events and presence are lost meanwhile; it should restore members from its node records; run with --ignored"]
+
 async fn the_data_plane_outlives_a_control_plane_restart() {
     let _serial = serial().await;
     let name = "cp-restart";

@@ -89,6 +89,11 @@ async fn run(
         if registered {
             backoff = BACKOFF_FIRST;
         }
+        // A node whose lease is in doubt retries every heartbeat: when the control plane
+        // comes back, the last node to register again is the one that may be fenced.
+        if shared.lease.in_doubt() {
+            backoff = backoff.min(shared.lease.heartbeat().max(BACKOFF_FIRST));
+        }
         let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
         tokio::select! {
             _ = tokio::time::sleep(jittered) => {}

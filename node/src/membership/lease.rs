@@ -16,6 +16,8 @@ struct LeaseState {
     ttl: Duration,
     heartbeat: Duration,
     registrations: u64,
+    /// When this node last saw the control plane out for everyone.
+    outage_seen_at: Option<Instant>,
 }
 
 impl Lease {
@@ -50,6 +52,19 @@ impl Lease {
         state
             .renewed_at
             .is_some_and(|at| at.elapsed() > state.ttl / 2)
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.lock().ttl
+    }
+
+    /// No member renewed its lease for a TTL: the control plane is out for everyone.
+    pub fn outage_seen(&self, at: Instant) {
+        self.lock().outage_seen_at = Some(at);
+    }
+
+    pub fn outage_seen_at(&self) -> Option<Instant> {
+        self.lock().outage_seen_at
     }
 
     /// The keepalive interval, to tell a member that renews from one that stopped.

@@ -678,8 +678,24 @@ impl Owner {
             }
         };
         let node = entry.node_key(origin.node);
+        tracing::debug!(
+            channel,
+            from = origin.node,
+            view_version = origin.view_version,
+            sockets = resync.sockets.len(),
+            settling = entry.settling.is_some(),
+            "resync"
+        );
         entry.newest_view = entry.newest_view.max(origin.view_version);
         let settling = entry.settling.is_some();
+        tracing::debug!(
+            channel,
+            from = origin.node,
+            view_version = origin.view_version,
+            sockets = resync.sockets.len(),
+            settling,
+            "resync"
+        );
         for subscribe in resync.sockets {
             let Some(socket) = subscribe.socket.map(SocketId::from) else {
                 continue;
@@ -760,7 +776,20 @@ impl Owner {
         let Some(settling) = state.settling.take() else {
             return;
         };
-        let Settling { told, queued, .. } = *settling;
+        let Settling {
+            told,
+            queued,
+            view_version,
+            since,
+        } = *settling;
+        tracing::debug!(
+            channel,
+            view_version,
+            waited_ms = since.elapsed().as_millis() as u64,
+            nodes = ?told.keys().collect::<Vec<_>>(),
+            queued = queued.len(),
+            "settled a rebuilt channel"
+        );
         let now_members: HashSet<Box<str>> = state
             .roster_ids()
             .into_iter()

@@ -56,7 +56,8 @@ impl From<crate::route::RouteError> for ApiError {
             | RouteError::TooManyRequests
             | RouteError::UnknownApp(_)
             | RouteError::NotInCluster
-            | RouteError::Fenced(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | RouteError::Fenced(_)
+            | RouteError::Moving(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         crate::telemetry::count_error(Some(status.as_u16()), "owner_unavailable");
         ApiError::new(status, e.to_string())
