@@ -250,9 +250,11 @@ fn follow(shared: &Shared, previous: &ClusterView, view: &ClusterView) {
             view,
             &mut route::owner_sink(shared, &app),
         );
-        let parts = app
-            .hub
-            .parts(|channel| all || moved(previous, view, &app.id, channel));
+        let parts = app.hub.parts(
+            |channel| all || moved(previous, view, &app.id, channel),
+            |channel| view.ring().owner(&app.id, channel).map(str::to_owned),
+            view.version,
+        );
         for part in parts {
             let mut told = part.told;
             for sockets in part.sockets.chunks(SOCKETS_PER_RESYNC) {

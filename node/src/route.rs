@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::app::App;
 use crate::edge::outbox::SocketId;
+use crate::hub::Sender;
 use crate::owner::{Origin, Sink};
 use crate::webhooks::WebhookEvent;
 use crate::{telemetry, Shared};
@@ -312,7 +313,7 @@ struct Dispatch<'a> {
 impl Sink for Dispatch<'_> {
     fn send(&mut self, node: &str, channel: &str, body: Body) {
         if node == self.shared.node_id {
-            edge_receive(self.shared, self.app, channel, body);
+            edge_receive(self.shared, self.app, channel, body, None);
         } else {
             let envelope = envelope(self.shared, &self.app.id, channel, body);
             // A lost delivery is counted in `send`; the owner keeps the node's sockets and
@@ -332,10 +333,10 @@ fn owner_receive(shared: &Shared, app: &App, origin: Origin<'_>, channel: &str, 
 }
 
 /// An edge-bound message from an owner (this node's or another's).
-fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body) {
+fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body, sender: Sender<'_>) {
     match body {
         Body::Deliver(deliver) => {
-            let delivered = app.hub.deliver(channel, &deliver);
+            let delivered = app.hub.deliver(channel, &deliver, sender);
             app.count_delivered(delivered);
         }
         Body::SubscribeResult(result) => {
@@ -431,7 +432,8 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
         return owner_receive(shared, &app, origin, "", body);
     }
     if !is_owner_bound(&body) {
-        return edge_receive(shared, &app, &envelope.channel, body);
+        let sender = Some((envelope.origin.as_str(), envelope.view_version));
+        return edge_receive(shared, &app, &envelope.channel, body, sender);
     }
     // A resync numbers nothing: keep it, the sender's view is newer than this node's.
     if shared.is_fenced() && !matches!(body, Body::Resync(_)) {

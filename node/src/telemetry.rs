@@ -38,6 +38,9 @@ pub const MESH_BYTES_OUT: &str = "relaymesh_mesh_bytes_out_total";
 pub const MESH_DROPPED: &str = "relaymesh_mesh_dropped_total";
 /// Messages passed on to the owner of a newer view.
 pub const MESH_FORWARDED: &str = "relaymesh_mesh_forwarded_total";
+/// Member events from a channel's previous owner that arrived after this node resynced
+/// the channel to its new owner (which corrects the members from the resync instead).
+pub const STALE_MEMBER_EVENTS: &str = "relaymesh_stale_member_events_total";
 /// 1 while the node has lost its lease and acts as owner of nothing.
 pub const FENCED: &str = "relaymesh_fenced";
 /// Channels this node owns that have subscribers somewhere, by app.

@@ -46,7 +46,14 @@ struct Channel {
     members: HashMap<SocketId, Member>,
     /// Presence channels: the members this node's subscribers were told about.
     told: HashSet<Box<str>>,
+    /// The owner `told` was last sent to (a resync) and its view: member events from
+    /// another node with an older view are late news from the previous owner, which the
+    /// new owner corrects from `told` as it was sent, so they are dropped.
+    resynced_to: Option<(Box<str>, u64)>,
 }
+
+/// Who sent a delivery: another node with its view version; `None` for this node's owner.
+pub type Sender<'a> = Option<(&'a str, u64)>;
 
 /// This node's part of a channel, for its new owner.
 pub struct ChannelPart {
@@ -62,6 +69,17 @@ pub struct Expired {
 }
 
 type Shard = HashMap<Box<str>, Channel>;
+
+impl Channel {
+    fn is_stale(&self, sender: Sender<'_>) -> bool {
+        match (sender, &self.resynced_to) {
+            (Some((node, view)), Some((owner, resynced_at))) => {
+                node != &**owner && view < *resynced_at
+            }
+            _ => false,
+        }
+    }
+}
 
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
@@ -220,12 +238,17 @@ impl Hub {
 
     /// Sends an owner's frame to every subscriber but the excluded one; returns how many
     /// got it.
-    pub fn deliver(&self, channel: &str, deliver: &Deliver) -> usize {
+    pub fn deliver(&self, channel: &str, deliver: &Deliver, sender: Sender<'_>) -> usize {
         let except = deliver.except.map(SocketId::from);
         let mut shard = self.shard(channel);
         let Some(state) = shard.get_mut(channel) else {
             return 0;
         };
+        let member_event = !deliver.member_added.is_empty() || !deliver.member_removed.is_empty();
+        if member_event && state.is_stale(sender) {
+            metrics::counter!(crate::telemetry::STALE_MEMBER_EVENTS).increment(1);
+            return 0;
+        }
         if !deliver.member_added.is_empty() {
             state.told.insert(deliver.member_added.as_str().into());
         }
@@ -243,8 +266,14 @@ impl Hub {
 
     /// This node's part of every channel `moved` selects (their owner changed): the
     /// subscribed sockets with their members and what they were told. Pending
-    /// subscriptions of those channels are marked to be sent again, to the new owner.
-    pub fn parts(&self, moved: impl Fn(&str) -> bool) -> Vec<ChannelPart> {
+    /// subscriptions of those channels are marked to be sent again, to the new owner,
+    /// which `owner` names in view `view_version`.
+    pub fn parts(
+        &self,
+        moved: impl Fn(&str) -> bool,
+        owner: impl Fn(&str) -> Option<String>,
+        view_version: u64,
+    ) -> Vec<ChannelPart> {
         let mut parts = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,6 +284,7 @@ impl Hub {
                 if channel.subscribers.is_empty() {
                     continue;
                 }
+                channel.resynced_to = owner(name).map(|o| (o.into_boxed_str(), view_version));
                 let sockets = channel
                     .subscribers
                     .keys()
@@ -302,5 +332,61 @@ impl Hub {
             shard.retain(|_, c| !c.subscribers.is_empty() || !c.pending.is_empty());
         }
         expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member_added(user: &str) -> Deliver {
+        Deliver {
+            frame: Bytes::from_static(b"frame"),
+            member_added: user.into(),
+            ..Deliver::default()
+        }
+    }
+
+    #[test]
+    fn late_member_events_of_the_previous_owner_are_dropped_after_a_resync() {
+        let hub = Hub::new("app".into());
+        let conn = Arc::new(Conn::new(SocketId { node: 1, seq: 1 }, 100, 1 << 20));
+        hub.begin("presence-room", &conn, None, None);
+        hub.complete(
+            "presence-room",
+            conn.socket_id,
+            true,
+            Vec::new(),
+            vec!["u1".into()],
+        );
+        // Before any resync, every sender is the owner it claims to be.
+        assert_eq!(
+            hub.deliver("presence-room", &member_added("u2"), Some(("b", 8))),
+            1
+        );
+        let parts = hub.parts(|_| true, |_| Some("c".into()), 9);
+        let told: HashSet<String> = parts[0].told.iter().cloned().collect();
+        assert_eq!(told, HashSet::from(["u1".into(), "u2".into()]));
+        // b owned it in view 8: its late news is dropped; c (the new owner) and anyone
+        // with a view at least as new are heard, and so is this node's own owner.
+        assert_eq!(
+            hub.deliver("presence-room", &member_added("u3"), Some(("b", 8))),
+            0
+        );
+        assert_eq!(
+            hub.deliver("presence-room", &member_added("u3"), Some(("c", 8))),
+            1
+        );
+        assert_eq!(
+            hub.deliver("presence-room", &member_added("u4"), Some(("b", 9))),
+            1
+        );
+        assert_eq!(hub.deliver("presence-room", &member_added("u5"), None), 1);
+        // Events that are not member events always arrive: they were acknowledged.
+        let event = Deliver {
+            frame: Bytes::from_static(b"event"),
+            ..Deliver::default()
+        };
+        assert_eq!(hub.deliver("presence-room", &event, Some(("b", 8))), 1);
     }
 }
