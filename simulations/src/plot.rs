@@ -52,6 +52,33 @@ pub struct Written {
     pub svg: PathBuf,
 }
 
+/// A chart's title and axis labels.
+#[derive(Debug, Clone)]
+struct Texts {
+    title: String,
+    x: String,
+    y: String,
+}
+
+impl Texts {
+    fn new(title: impl Into<String>, x: impl Into<String>, y: impl Into<String>) -> Texts {
+        Texts {
+            title: title.into(),
+            x: x.into(),
+            y: y.into(),
+        }
+    }
+}
+
+/// What drawing on a plotters backend returns.
+type Drawn<T, DB> = Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+/// A chart's frame with f64 axes of the kinds `X` and `Y` (linear or log).
+type Frame<'a, DB, X, Y> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<<X as AsRangedCoord>::CoordDescType, <Y as AsRangedCoord>::CoordDescType>,
+>;
+
 /// Where the legend goes, inside the plotting area.
 #[derive(Debug, Clone, Copy)]
 pub enum Legend {
@@ -87,9 +114,7 @@ struct Marker {
 /// Named series over x. Build, then [`LineChart::write`].
 #[derive(Debug, Clone)]
 pub struct LineChart {
-    title: String,
-    x_label: String,
-    y_label: String,
+    texts: Texts,
     x_log: bool,
     y_log: bool,
     y_range: Option<(f64, f64)>,
@@ -106,9 +131,7 @@ impl LineChart {
         y_label: impl Into<String>,
     ) -> LineChart {
         LineChart {
-            title: title.into(),
-            x_label: x_label.into(),
-            y_label: y_label.into(),
+            texts: Texts::new(title, x_label, y_label),
             x_log: false,
             y_log: false,
             y_range: None,
@@ -243,8 +266,7 @@ impl Cdf {
 /// One CDF per label over a shared value axis. Build, then [`CdfChart::write`].
 #[derive(Debug, Clone)]
 pub struct CdfChart {
-    title: String,
-    x_label: String,
+    texts: Texts,
     x_log: bool,
     cdfs: Vec<Cdf>,
     size: (u32, u32),
@@ -253,8 +275,7 @@ pub struct CdfChart {
 impl CdfChart {
     pub fn new(title: impl Into<String>, x_label: impl Into<String>) -> CdfChart {
         CdfChart {
-            title: title.into(),
-            x_label: x_label.into(),
+            texts: Texts::new(title, x_label, "fraction ≤ x"),
             x_log: false,
             cdfs: Vec::new(),
             size: (960, 540),
@@ -279,7 +300,8 @@ impl CdfChart {
 
     /// Writes `dir/stem.png` and `dir/stem.svg`, creating `dir` if needed.
     pub fn write(&self, dir: &Path, stem: &str) -> Result<Written> {
-        let mut chart = LineChart::new(&self.title, &self.x_label, "fraction ≤ x");
+        let texts = &self.texts;
+        let mut chart = LineChart::new(&texts.title, &texts.x, &texts.y);
         chart.y_range(0.0, 1.0).legend(Legend::LowerRight);
         if self.x_log {
             chart.log_x();
@@ -294,9 +316,7 @@ impl CdfChart {
 /// Counts of values in equal-width bins, drawn as bars. Build, then [`Histogram::write`].
 #[derive(Debug, Clone)]
 pub struct Histogram {
-    title: String,
-    x_label: String,
-    y_label: String,
+    texts: Texts,
     /// (bin start, bin end, count)
     bins: Vec<(f64, f64, u64)>,
     size: (u32, u32),
@@ -336,9 +356,7 @@ impl Histogram {
             Vec::new()
         };
         Histogram {
-            title: title.into(),
-            x_label: x_label.into(),
-            y_label: y_label.into(),
+            texts: Texts::new(title, x_label, y_label),
             bins,
             size: (960, 540),
         }
@@ -357,10 +375,7 @@ impl Histogram {
 
 /// A chart that can draw itself on any plotters backend (bitmap and SVG here).
 trait Draw {
-    fn draw<DB: DrawingBackend>(
-        &self,
-        root: &DrawingArea<DB, Shift>,
-    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>;
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<(), DB>;
 }
 
 fn write_files(chart: &impl Draw, size: (u32, u32), dir: &Path, stem: &str) -> Result<Written> {
@@ -398,10 +413,7 @@ fn register_font() -> Result<()> {
 }
 
 impl Draw for LineChart {
-    fn draw<DB: DrawingBackend>(
-        &self,
-        root: &DrawingArea<DB, Shift>,
-    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<(), DB> {
         let x = fit(
             self.series
                 .iter()
@@ -430,12 +442,7 @@ impl Draw for LineChart {
 }
 
 impl LineChart {
-    fn draw_on<DB, X, Y>(
-        &self,
-        root: &DrawingArea<DB, Shift>,
-        x: X,
-        y: Y,
-    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+    fn draw_on<DB, X, Y>(&self, root: &DrawingArea<DB, Shift>, x: X, y: Y) -> Drawn<(), DB>
     where
         DB: DrawingBackend,
         X: AsRangedCoord<Value = f64>,
@@ -443,24 +450,7 @@ impl LineChart {
         X::CoordDescType: ValueFormatter<f64>,
         Y::CoordDescType: ValueFormatter<f64>,
     {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, (FAMILY, 22))
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x, y)?;
-        chart
-            .configure_mesh()
-            .x_desc(&self.x_label)
-            .y_desc(&self.y_label)
-            .label_style((FAMILY, 13))
-            .axis_desc_style((FAMILY, 15))
-            .x_label_formatter(&|v| tick(*v))
-            .y_label_formatter(&|v| tick(*v))
-            .light_line_style(WHITE.mix(0.0))
-            .bold_line_style(BLACK.mix(0.08))
-            .draw()?;
+        let mut chart = axes(root, &self.texts, x, y)?;
         let (x_ok, y_ok) = (self.x_log, self.y_log);
         let (y_low, y_high) = {
             let range = chart.y_range();
@@ -531,30 +521,10 @@ impl LineChart {
 }
 
 impl Draw for Histogram {
-    fn draw<DB: DrawingBackend>(
-        &self,
-        root: &DrawingArea<DB, Shift>,
-    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-        root.fill(&WHITE)?;
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn<(), DB> {
         let x = fit(self.bins.iter().flat_map(|b| [b.0, b.1]), false, false);
         let top = self.bins.iter().map(|b| b.2).max().unwrap_or(0).max(1) as f64 * 1.05;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, (FAMILY, 22))
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x, 0.0..top)?;
-        chart
-            .configure_mesh()
-            .x_desc(&self.x_label)
-            .y_desc(&self.y_label)
-            .label_style((FAMILY, 13))
-            .axis_desc_style((FAMILY, 15))
-            .x_label_formatter(&|v| tick(*v))
-            .y_label_formatter(&|v| tick(*v))
-            .light_line_style(WHITE.mix(0.0))
-            .bold_line_style(BLACK.mix(0.08))
-            .draw()?;
+        let mut chart = axes(root, &self.texts, x, 0.0..top)?;
         chart.draw_series(self.bins.iter().map(|&(low, high, count)| {
             Rectangle::new(
                 [(low, 0.0), (high, count as f64)],
@@ -563,6 +533,42 @@ impl Draw for Histogram {
         }))?;
         Ok(())
     }
+}
+
+/// A white page with the title, both axes, their labels and a light grid: the frame every
+/// chart draws into.
+fn axes<'a, DB, X, Y>(
+    root: &'a DrawingArea<DB, Shift>,
+    texts: &Texts,
+    x: X,
+    y: Y,
+) -> Drawn<Frame<'a, DB, X, Y>, DB>
+where
+    DB: DrawingBackend,
+    X: AsRangedCoord<Value = f64>,
+    Y: AsRangedCoord<Value = f64>,
+    X::CoordDescType: ValueFormatter<f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(&texts.title, (FAMILY, 22))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc(&texts.x)
+        .y_desc(&texts.y)
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
+        .light_line_style(WHITE.mix(0.0))
+        .bold_line_style(BLACK.mix(0.08))
+        .draw()?;
+    Ok(chart)
 }
 
 /// An axis range around `values` with a little room; for a log axis only positive values
