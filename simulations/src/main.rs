@@ -2,6 +2,7 @@
 
 mod control_plane;
 mod mesh;
+mod plot;
 mod procstat;
 mod ring;
 
