@@ -29,7 +29,8 @@ enum Command {
     Mesh(mesh::Args),
     /// A Pusher protocol load generator against any Pusher-compatible server: connect,
     /// fanout, channels, presence, churn, client-events.
-    Load(load::Args),
+    // Boxed: its many flags make it far larger than the other commands.
+    Load(Box<load::Args>),
 }
 
 #[tokio::main]
@@ -38,6 +39,6 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::ControlPlane(args) => control_plane::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Ring(args) => ring::run(args).map(|()| ExitCode::SUCCESS),
         Command::Mesh(args) => mesh::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Load(args) => load::run_cli(args).await,
+        Command::Load(args) => load::run_cli(*args).await,
     }
 }

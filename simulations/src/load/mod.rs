@@ -35,12 +35,12 @@ use std::time::Duration;
 
 pub use args::{run_cli, Args};
 pub use client::App;
-pub use deliveries::{warm_up, Delivery, Measured};
+pub use deliveries::{measure, warm_up, Measured};
 pub use publisher::Plan;
 pub use recorder::now_us;
 pub use report::Report;
-pub use scenario::{ChannelKind, Churn, ClientEvents, Connect, Presence, Publishing};
-pub use session::Session;
+pub use scenario::{Churn, ClientEvents, Connect, Presence, Publishing};
+pub use session::{Opened, Session};
 
 /// One labelled URL.
 #[derive(Clone, Debug)]

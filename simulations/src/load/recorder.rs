@@ -64,10 +64,6 @@ impl Hist {
         let _ = self.0.add(&other.0);
     }
 
-    pub fn count(&self) -> u64 {
-        self.0.len()
-    }
-
     pub fn summary(&self) -> Summary {
         Summary::of(&self.0)
     }
@@ -108,18 +104,23 @@ impl Summary {
 /// One bit per sequence number (or member): which ones a connection has seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
+    bits: u64,
     words: Vec<u64>,
 }
 
 impl Seen {
     pub fn new(bits: u64) -> Seen {
         Seen {
+            bits,
             words: vec![0; bits.div_ceil(64) as usize],
         }
     }
 
     /// Sets bit `i`; true when it was not set before. Out of range: false.
     pub fn insert(&mut self, i: u64) -> bool {
+        if i >= self.bits {
+            return false;
+        }
         let Some(word) = self.words.get_mut((i / 64) as usize) else {
             return false;
         };
@@ -525,7 +526,7 @@ mod tests {
             (1, 0, 0)
         );
         let (all, by_label) = r.latency();
-        assert_eq!((all.count(), by_label[0].count()), (5, 5));
+        assert_eq!((all.summary().count, by_label[0].summary().count), (5, 5));
         let tl = r.timeline(&Errors::new(0));
         assert_eq!(tl.len(), 1);
         assert_eq!(tl[0].delivered, 2);

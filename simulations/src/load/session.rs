@@ -28,10 +28,11 @@ pub struct Session {
     bars: MultiProgress,
 }
 
-/// Connections a scenario opened, with their reader tasks (aborted when dropped).
+/// Connections a scenario opened; dropping it closes them.
 pub struct Opened {
     pub conns: Vec<Arc<Conn>>,
-    pub readers: JoinSet<()>,
+    /// The reader tasks, which own the sockets: held for its `Drop`, which aborts them.
+    _readers: JoinSet<()>,
     pub stats: OpenStats,
     /// Subscribed connections per channel index.
     pub per_channel: Vec<u64>,
@@ -258,7 +259,7 @@ impl Session {
         conns.sort_by_key(|c| c.index);
         Opened {
             conns,
-            readers,
+            _readers: readers,
             stats,
             per_channel,
         }
