@@ -48,7 +48,8 @@ pub struct Cpu {
 impl Cpu {
     pub fn between(a: &Mark, b: &Mark) -> Cpu {
         let window_s = b.at_us.saturating_sub(a.at_us) as f64 / 1e6;
-        let diff = |x: Option<f64>, y: Option<f64>| Some(y? - x?);
+        // /proc counts in 10 ms ticks: rounding drops the float noise of the subtraction.
+        let diff = |x: Option<f64>, y: Option<f64>| Some(round(y? - x?, 3));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let generator_cpu_s = diff(a.generator_s, b.generator_s).unwrap_or(0.0);
         let server_cpu_s = diff(a.server_s, b.server_s);
@@ -56,11 +57,11 @@ impl Cpu {
         Cpu {
             window_s,
             generator_cpu_s,
-            generator_cores: per_s(generator_cpu_s),
+            generator_cores: round(per_s(generator_cpu_s), 2),
             server_cpu_s,
-            server_cores: server_cpu_s.map(per_s),
+            server_cores: server_cpu_s.map(|s| round(per_s(s), 2)),
             machine_busy_pct: diff(a.machine_busy_s, b.machine_busy_s)
-                .map(|busy| 100.0 * per_s(busy) / cores as f64),
+                .map(|busy| round(100.0 * per_s(busy) / cores as f64, 1)),
             machine_cores: cores,
             ..Cpu::default()
         }
@@ -68,13 +69,18 @@ impl Cpu {
 
     /// Fills the per-unit figures.
     pub fn per_unit(mut self, deliveries: u64, publishes: u64, connects: u64) -> Cpu {
-        let per = |cpu_s: f64, n: u64| (n > 0).then(|| cpu_s * 1e6 / n as f64);
+        let per = |cpu_s: f64, n: u64| (n > 0).then(|| round(cpu_s * 1e6 / n as f64, 2));
         self.server_us_per_delivery = self.server_cpu_s.and_then(|s| per(s, deliveries));
         self.server_us_per_publish = self.server_cpu_s.and_then(|s| per(s, publishes));
         self.server_us_per_connect = self.server_cpu_s.and_then(|s| per(s, connects));
         self.generator_us_per_delivery = per(self.generator_cpu_s, deliveries);
         self
     }
+}
+
+fn round(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
 }
 
 /// The server's resident memory in KiB.
