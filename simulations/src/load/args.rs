@@ -11,6 +11,9 @@ use super::client::App;
 use super::scenario::{ChannelKind, Churn, ClientEvents, Connect, Presence, Publishing};
 use super::{Options, Scenario, Target, Targets};
 
+/// Every subscriber keeps a bit per event (duplicates): 10^9 bits is 125 MB at most.
+const BITSET_BITS_MAX: u64 = 1_000_000_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Which {
@@ -198,8 +201,8 @@ impl Args {
             Which::Fanout => {
                 ensure!(self.subs <= conns_max, "--subs must be at most {conns_max}");
                 ensure!(
-                    self.subs.saturating_mul(self.events) <= 2_000_000_000,
-                    "--subs × --events must be at most 2,000,000,000"
+                    self.subs.saturating_mul(self.events) <= BITSET_BITS_MAX,
+                    "--subs × --events must be at most {BITSET_BITS_MAX}"
                 );
                 Scenario::Fanout {
                     subs: self.subs,
@@ -211,6 +214,10 @@ impl Args {
                 ensure!(
                     self.channels >= 1 && subs <= conns_max,
                     "--channels × --subs-per-channel must be 1 to {conns_max}"
+                );
+                ensure!(
+                    subs.saturating_mul(self.events) <= BITSET_BITS_MAX,
+                    "subscribers × --events must be at most {BITSET_BITS_MAX}"
                 );
                 Scenario::Channels {
                     channels: self.channels,
