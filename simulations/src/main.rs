@@ -1,10 +1,13 @@
 //! `relaymesh-sim`: load simulations that print figures for docs/benchmarks.md.
 
 mod control_plane;
+mod load;
 mod mesh;
 mod plot;
 mod procstat;
 mod ring;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -25,13 +28,18 @@ enum Command {
     /// The mesh's cost: the same workload on one standalone node and on a three-node
     /// cluster per transport (subscribers, owner and publisher on different nodes).
     Mesh(mesh::Args),
+    /// A Pusher protocol load generator against any Pusher-compatible server: connect,
+    /// fanout, channels, presence, churn, client-events.
+    // Boxed: its many flags make it far larger than the other commands.
+    Load(Box<load::Args>),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::ControlPlane(args) => control_plane::run(args).await,
-        Command::Ring(args) => ring::run(args),
-        Command::Mesh(args) => mesh::run(args).await,
+        Command::ControlPlane(args) => control_plane::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Ring(args) => ring::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Mesh(args) => mesh::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Load(args) => load::run_cli(*args).await,
     }
 }

@@ -10,32 +10,21 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
-use futures_util::{SinkExt, StreamExt};
 use relaymesh_proto::ring::Ring;
-use relaymesh_proto::signing;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::procstat;
+use crate::{load, procstat};
 
 const APP_ID: &str = "app-id";
 const APP_KEY: &str = "app-key";
 const APP_SECRET: &str = "app-secret";
-/// Event name of the benchmark's events; their data starts with [`MARK`].
+/// Event name of the benchmark's events (their data is `load`'s `~b~SEQ~SENT_US~…`).
 const EVENT: &str = "rmb";
-/// Prefix of an event's data: `rmb:{mode}:{seq}:{sent µs}:{padding}`. A fixed prefix lets
-/// subscribers read a delivery without a JSON parse, so the load generator's CPU goes to
-/// the sockets.
-const MARK: &str = "\"data\":\"rmb:";
 const MESH_BYTES_OUT: &str = "relaymesh_mesh_bytes_out_total";
 /// WebSocket handshakes in flight while subscribers connect.
 const CONNECTING_MAX: usize = 64;
@@ -342,230 +331,6 @@ async fn start_mesh(
     })
 }
 
-/// The deliveries one subscriber saw in one mode.
-#[derive(Default)]
-struct Tally {
-    seen: Vec<bool>,
-    unique: u64,
-    duplicates: u64,
-    /// Sequence numbers out of range or unreadable data.
-    unexpected: u64,
-    latency_us: Vec<u32>,
-    last_us: u64,
-}
-
-#[derive(Default)]
-struct SubState {
-    tallies: [Tally; 2],
-    /// Why the connection ended during the run, if it did.
-    closed: Option<String>,
-    pusher_errors: u64,
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Reads text frames until one whose event is `event`, answering pings; fails on errors.
-async fn expect_event(ws: &mut Ws, event: &str) -> Result<Value> {
-    loop {
-        let message = tokio::time::timeout(HANDSHAKE_WAIT, ws.next())
-            .await
-            .with_context(|| format!("no {event} within {HANDSHAKE_WAIT:?}"))?
-            .with_context(|| format!("connection ended before {event}"))??;
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let frame: Value = serde_json::from_str(&text)
-            .with_context(|| format!("server sent invalid JSON: {text}"))?;
-        match frame["event"].as_str() {
-            Some(e) if e == event => return Ok(frame),
-            Some("pusher:ping") => {
-                ws.send(Message::text(relaymesh_proto::frame::PONG)).await?;
-            }
-            Some("pusher:error" | "pusher_internal:subscription_error") => {
-                bail!("waiting for {event}: {text}")
-            }
-            _ => {}
-        }
-    }
-}
-
-async fn connect_subscriber(url: String, channel: String) -> Result<Ws> {
-    let (mut ws, _) = tokio::time::timeout(HANDSHAKE_WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .context("WebSocket handshake timed out")?
-        .context("WebSocket handshake (is `ulimit -n` high enough?)")?;
-    expect_event(&mut ws, "pusher:connection_established").await?;
-    let subscribe = json!({"event": "pusher:subscribe", "data": {"channel": channel}});
-    ws.send(Message::text(subscribe.to_string())).await?;
-    expect_event(&mut ws, "pusher_internal:subscription_succeeded").await?;
-    Ok(ws)
-}
-
-/// A benchmark event's mode, sequence number and send time, from a frame's text.
-fn parse_delivery(text: &str) -> Option<(usize, u64, u64)> {
-    let at = text.find(MARK)?;
-    let rest = &text[at + MARK.len()..];
-    let mut parts = rest.split(':');
-    let mode = parts.next()?.parse().ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    let sent = parts.next()?.parse().ok()?;
-    Some((mode, seq, sent))
-}
-
-/// Unique deliveries so far, per mode, over every subscriber.
-#[derive(Default)]
-struct Progress {
-    unique: [AtomicU64; 2],
-}
-
-async fn read_events(
-    mut ws: Ws,
-    state: Arc<Mutex<SubState>>,
-    progress: Arc<Progress>,
-    epoch: Instant,
-) {
-    let ended = loop {
-        let text = match ws.next().await {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(close))) => break format!("closed by the server: {close:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => break format!("error: {e}"),
-            None => break "connection ended".to_owned(),
-        };
-        if let Some((mode, seq, sent)) = parse_delivery(&text) {
-            let now = epoch.elapsed().as_micros() as u64;
-            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(tally) = state.tallies.get_mut(mode) else {
-                continue;
-            };
-            match tally.seen.get_mut(seq as usize) {
-                None => tally.unexpected += 1,
-                Some(true) => tally.duplicates += 1,
-                Some(seen) => {
-                    *seen = true;
-                    tally.unique += 1;
-                    tally
-                        .latency_us
-                        .push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
-                    tally.last_us = tally.last_us.max(now);
-                    progress.unique[mode].fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            continue;
-        }
-        let event = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["event"].as_str().map(str::to_owned));
-        match event.as_deref() {
-            Some("pusher:ping") => {
-                if let Err(e) = ws.send(Message::text(relaymesh_proto::frame::PONG)).await {
-                    break format!("error answering a ping: {e}");
-                }
-            }
-            Some("pusher:error") => {
-                state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .pusher_errors += 1;
-            }
-            _ => {}
-        }
-    };
-    state.lock().unwrap_or_else(|e| e.into_inner()).closed = Some(ended);
-}
-
-/// Signs and sends events to the HTTP API of one node.
-struct Publisher {
-    http: reqwest::Client,
-    base: String,
-    channel: String,
-    /// `data_bytes` of padding; each event takes what its prefix leaves.
-    padding: String,
-    epoch: Instant,
-}
-
-impl Publisher {
-    async fn publish(&self, mode: Mode, seq: u64) -> Result<()> {
-        let sent = self.epoch.elapsed().as_micros();
-        let mut data = format!("rmb:{}:{seq}:{sent}:", mode.index());
-        let pad = self.padding.len().saturating_sub(data.len());
-        data.push_str(&self.padding[..pad]);
-        let body = json!({"name": EVENT, "channels": [self.channel], "data": data}).to_string();
-        let path = format!("/apps/{APP_ID}/events");
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let query = signing::sign_request(
-            APP_KEY,
-            APP_SECRET,
-            "POST",
-            &path,
-            &[],
-            body.as_bytes(),
-            now,
-        );
-        let response = self
-            .http
-            .post(format!("{}{path}?{query}", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status();
-        ensure!(status.is_success(), "publish answered {status}");
-        Ok(())
-    }
-}
-
-/// Publishes `events` with `inflight` requests outstanding; returns the failed publishes.
-async fn closed_loop(publisher: Arc<Publisher>, events: u64, inflight: usize) -> u64 {
-    let next = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = JoinSet::new();
-    for _ in 0..inflight {
-        let (publisher, next, failed) = (publisher.clone(), next.clone(), failed.clone());
-        tasks.spawn(async move {
-            loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= events {
-                    return;
-                }
-                if publisher.publish(Mode::Closed, seq).await.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    failed.load(Ordering::Relaxed)
-}
-
-/// Publishes `events` at `rate` per second, each without waiting for the previous answer;
-/// returns the failed publishes.
-async fn paced(publisher: Arc<Publisher>, events: u64, rate: f64) -> u64 {
-    let failed = Arc::new(AtomicU64::new(0));
-    let slots = Arc::new(Semaphore::new(PACED_INFLIGHT_MAX));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let mut tasks = JoinSet::new();
-    for seq in 0..events {
-        tick.tick().await;
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let (publisher, failed) = (publisher.clone(), failed.clone());
-        tasks.spawn(async move {
-            if publisher.publish(Mode::Paced, seq).await.is_err() {
-                failed.fetch_add(1, Ordering::Relaxed);
-            }
-            drop(slot);
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
-    failed.load(Ordering::Relaxed)
-}
-
 /// Sums every series of the counter `name` in Prometheus text.
 fn sum_series(text: &str, name: &str) -> f64 {
     text.lines()
@@ -612,13 +377,6 @@ fn cpu(target: &Target) -> Result<[f64; 4]> {
     };
     let sim = procstat::sample(std::process::id())?.0;
     Ok([nodes, control, sim, procstat::machine_busy()?])
-}
-
-fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
 /// The figures of one target in one mode.
@@ -691,134 +449,72 @@ impl Figures {
     }
 }
 
-/// The subscribers of one target.
-struct Subscribers {
-    states: Vec<Arc<Mutex<SubState>>>,
-    progress: Arc<Progress>,
-    /// The reading tasks; dropped (aborted) with the target.
-    _readers: JoinSet<()>,
-}
-
-async fn connect_all(
-    args: &Args,
-    target: &Target,
-    channel: &str,
-    epoch: Instant,
-) -> Result<Subscribers> {
-    let url = format!(
-        "ws://{}/app/{APP_KEY}?protocol=7&client=relaymesh-sim&version=0.1.0",
-        target.sub_addr
-    );
-    let mut connecting = JoinSet::new();
-    let mut sockets = Vec::with_capacity(args.subs);
-    for _ in 0..args.subs {
-        if connecting.len() >= CONNECTING_MAX {
-            if let Some(ws) = connecting.join_next().await {
-                sockets.push(ws??);
-            }
-        }
-        connecting.spawn(connect_subscriber(url.clone(), channel.to_owned()));
-    }
-    while let Some(ws) = connecting.join_next().await {
-        sockets.push(ws??);
-    }
-    let progress = Arc::new(Progress::default());
-    let mut readers = JoinSet::new();
-    let mut states = Vec::with_capacity(sockets.len());
-    for ws in sockets {
-        let state = Arc::new(Mutex::new(SubState::default()));
-        states.push(state.clone());
-        readers.spawn(read_events(ws, state, progress.clone(), epoch));
-    }
-    Ok(Subscribers {
-        states,
-        progress,
-        _readers: readers,
-    })
-}
-
+/// One mode on one target: a publish run through `load`'s publisher and recorder, with the
+/// nodes' CPU and mesh bytes around it.
 async fn measure(
     args: &Args,
     target: &Target,
-    subs: &Subscribers,
-    publisher: &Arc<Publisher>,
+    session: &load::Session,
+    subs: &load::Opened,
+    channel: &str,
     http: &reqwest::Client,
     mode: Mode,
 ) -> Result<Figures> {
-    let m = mode.index();
-    for state in &subs.states {
-        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-        state.tallies[m] = Tally {
-            seen: vec![false; args.events as usize],
-            latency_us: Vec::with_capacity(args.events as usize),
-            ..Tally::default()
-        };
-    }
+    // Each mode has its own sequence numbers, so a late delivery of one is never counted
+    // in the other.
+    let first = mode.index() as u64 * args.events;
+    let channel = channel.to_owned();
+    let plan = load::Plan {
+        seqs: first..first + args.events,
+        rate: match mode {
+            Mode::Closed => 0.0,
+            Mode::Paced => args.rate,
+        },
+        inflight: match mode {
+            Mode::Closed => args.inflight,
+            Mode::Paced => PACED_INFLIGHT_MAX,
+        },
+        payload_bytes: args.data_bytes,
+        event_name: EVENT.into(),
+        channel_of: Arc::new(move |_| channel.clone()),
+    };
+    let subscribers = subs.conns.len() as u64;
+    let pusher_errors_before = session.errors.total_of("pusher:error");
     let bytes_before = mesh_bytes(http, &target.nodes).await?;
     let cpu_before = cpu(target)?;
-    let first_us = publisher.epoch.elapsed().as_micros() as u64;
-    let publish_failed = match mode {
-        Mode::Closed => closed_loop(publisher.clone(), args.events, args.inflight).await,
-        Mode::Paced => paced(publisher.clone(), args.events, args.rate).await,
-    };
-    let publish_s = (publisher.epoch.elapsed().as_micros() as u64 - first_us) as f64 / 1e6;
-    // Wait for every delivery, or until none came for `settle_ms`.
-    let expected = args.events * subs.states.len() as u64;
-    let settle = Duration::from_millis(args.settle_ms);
-    let (mut seen, mut since) = (0, Instant::now());
-    loop {
-        let now = subs.progress.unique[m].load(Ordering::Relaxed);
-        if now >= expected {
-            break;
-        }
-        if now != seen {
-            (seen, since) = (now, Instant::now());
-        } else if since.elapsed() > settle {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let load::Measured {
+        published,
+        delivery,
+        ..
+    } = load::measure(
+        session,
+        &subs.conns,
+        &plan,
+        0,
+        Duration::from_millis(args.settle_ms),
+        &|_| subscribers,
+    )
+    .await;
     let cpu_after = cpu(target)?;
     let bytes_after = mesh_bytes(http, &target.nodes).await?;
-
-    let (mut unique, mut duplicates, mut unexpected, mut last_us) = (0, 0, 0, first_us);
-    let (mut closed_subs, mut pusher_errors) = (0, 0);
-    let mut latency = Vec::with_capacity(expected as usize);
-    for state in &subs.states {
-        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-        closed_subs += usize::from(state.closed.is_some());
-        pusher_errors += state.pusher_errors;
-        let tally = std::mem::take(&mut state.tallies[m]);
-        unique += tally.unique;
-        duplicates += tally.duplicates;
-        unexpected += tally.unexpected;
-        last_us = last_us.max(tally.last_us);
-        latency.extend_from_slice(&tally.latency_us);
-    }
-    latency.sort_unstable();
-    let span_s = (last_us - first_us) as f64 / 1e6;
     Ok(Figures {
         target: target.name.clone(),
         mode,
         events: args.events,
-        publish_failed,
-        expected,
-        unique,
-        lost: expected.saturating_sub(unique),
-        duplicates,
-        unexpected,
-        closed_subs,
-        pusher_errors,
-        publish_s,
-        span_s,
-        delivered_per_s: if span_s > 0.0 {
-            unique as f64 / span_s
-        } else {
-            0.0
-        },
-        p50_ms: percentile_ms(&latency, 0.5),
-        p99_ms: percentile_ms(&latency, 0.99),
-        max_ms: percentile_ms(&latency, 1.0),
+        publish_failed: args.events - published.acked_ok,
+        expected: delivery.expected,
+        unique: delivery.delivered_unique,
+        lost: delivery.lost,
+        duplicates: delivery.duplicates,
+        unexpected: delivery.out_of_range + delivery.delivered_for_unacked,
+        closed_subs: subs.conns.iter().filter(|c| !c.is_open()).count(),
+        pusher_errors: session.errors.total_of("pusher:error") - pusher_errors_before,
+        publish_s: published.last_ack_us.saturating_sub(published.t0_us) as f64 / 1e6,
+        span_s: delivery.window_s,
+        delivered_per_s: delivery.delivered_per_s,
+        p50_ms: delivery.latency.p50_ms,
+        p99_ms: delivery.latency.p99_ms,
+        max_ms: delivery.latency.max_ms,
         node_cpu_s: cpu_after[0] - cpu_before[0],
         control_cpu_s: cpu_after[1] - cpu_before[1],
         sim_cpu_s: cpu_after[2] - cpu_before[2],
@@ -836,37 +532,55 @@ async fn run_target(
     target: &Target,
     channel: &str,
     http: &reqwest::Client,
-    epoch: Instant,
 ) -> Result<Vec<Figures>> {
-    let started = Instant::now();
-    let subs = connect_all(args, target, channel, epoch).await?;
+    let targets = load::Targets {
+        app: load::App {
+            id: APP_ID.into(),
+            key: APP_KEY.into(),
+            secret: APP_SECRET.into(),
+        },
+        ws: vec![load::Target {
+            label: target.name.clone(),
+            url: format!("ws://{}", target.sub_addr),
+        }],
+        api: vec![load::Target {
+            label: target.name.clone(),
+            url: format!("http://{}", target.pub_addr),
+        }],
+    };
+    let options = load::Options {
+        time_limit: Duration::from_secs(args.time_limit),
+        connect_concurrency: CONNECTING_MAX,
+        connect_timeout: HANDSHAKE_WAIT,
+        source_ips: 1,
+        inflight_hint: args.inflight,
+        ..load::Options::default()
+    };
+    let session = load::Session::new(&targets, &options)?;
+    let subs = session
+        .open(args.subs as u64, &|_| Some((channel.to_owned(), 0)))
+        .await;
+    ensure!(
+        subs.stats.subscribed == args.subs as u64,
+        "{}: {} of {} subscribers subscribed (is `ulimit -n` high enough?); errors: {:?}",
+        target.name,
+        subs.stats.subscribed,
+        args.subs,
+        session.errors.by_code()
+    );
     println!(
         "{}: {} subscribers on {} in {:.2} s; publishing on {}",
         target.name,
-        subs.states.len(),
+        subs.conns.len(),
         target.sub_addr,
-        started.elapsed().as_secs_f64(),
+        subs.stats.wall_s,
         target.pub_addr
     );
-    let publisher = Arc::new(Publisher {
-        http: http.clone(),
-        base: format!("http://{}", target.pub_addr),
-        channel: channel.to_owned(),
-        padding: "x".repeat(args.data_bytes),
-        epoch,
-    });
     // Open the publisher's keep-alive connections before measuring.
-    let mut warm = JoinSet::new();
-    for _ in 0..args.inflight {
-        let request = http.get(format!("http://{}/healthz", target.pub_addr));
-        warm.spawn(async move { request.send().await.map(|_| ()) });
-    }
-    while let Some(done) = warm.join_next().await {
-        done??;
-    }
+    load::warm_up(&session, channel, 0, args.inflight).await;
     let mut figures = Vec::new();
     for mode in Mode::ALL {
-        let f = measure(args, target, &subs, &publisher, http, mode).await?;
+        let f = measure(args, target, &session, &subs, channel, http, mode).await?;
         println!(
             "  {:<6} {:>10.0} delivered/s  p50 {:.2} ms  p99 {:.2} ms  lost {}  dup {}",
             mode.name(),
@@ -934,7 +648,6 @@ async fn run_all(args: &Args) -> Result<()> {
         .timeout(Duration::from_secs(10))
         .build()?;
     let channel = channel_owned_by_c()?;
-    let epoch = Instant::now();
 
     let ca_dir = work.0.join("ca");
     let made = Command::new(args.bin_dir.join("relaymesh-node"))
@@ -951,12 +664,12 @@ async fn run_all(args: &Args) -> Result<()> {
     let mut all = Vec::new();
     {
         let target = start_baseline(args, &work.0, &http).await?;
-        all.extend(run_target(args, &target, &channel, &http, epoch).await?);
+        all.extend(run_target(args, &target, &channel, &http).await?);
     }
     for transport in &args.transports {
         // One cluster at a time: the previous target's processes are gone before this one.
         let target = start_mesh(args, &work.0, &ca_dir, *transport, &http).await?;
-        all.extend(run_target(args, &target, &channel, &http, epoch).await?);
+        all.extend(run_target(args, &target, &channel, &http).await?);
     }
 
     print!("{}", table(args, &channel, &all));
@@ -1074,13 +787,6 @@ mod tests {
             9.0
         );
         assert_eq!(sum_series("", MESH_BYTES_OUT), 0.0);
-    }
-
-    #[test]
-    fn reads_a_delivery_without_json() {
-        let text = r#"{"event":"rmb","channel":"c","data":"rmb:1:42:123456:xxxx"}"#;
-        assert_eq!(parse_delivery(text), Some((1, 42, 123456)));
-        assert_eq!(parse_delivery(r#"{"event":"pusher:ping","data":{}}"#), None);
     }
 
     #[test]

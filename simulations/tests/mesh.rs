@@ -9,7 +9,11 @@ use serde_json::Value;
 
 #[test]
 fn mesh_delivers_every_event_once_and_counts_mesh_bytes() {
-    let bin_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
+    // The node binaries sit beside this crate's binary (target/debug, or CARGO_TARGET_DIR's).
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_relaymesh-sim"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     for bin in ["relaymesh-node", "relaymesh-control"] {
         assert!(
             bin_dir.join(bin).is_file(),
