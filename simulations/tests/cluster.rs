@@ -8,24 +8,15 @@
 //! (scripts/test builds them first).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+
 #[test]
 fn a_kill_of_the_owner_loses_no_acknowledged_event_and_leaves_nothing() {
-    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_relaymesh-sim"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    for bin in ["relaymesh-node", "relaymesh-control"] {
-        assert!(
-            bin_dir.join(bin).is_file(),
-            "{} is missing: run `cargo build -p relaymesh-node -p relaymesh-control` first",
-            bin_dir.join(bin).display()
-        );
-    }
+    let bin_dir = common::node_bin_dir();
     let out =
         std::env::temp_dir().join(format!("relaymesh-sim-cluster-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);

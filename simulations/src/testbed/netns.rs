@@ -283,23 +283,21 @@ impl Net {
     /// Cuts `a` and `b` off from each other (both directions; packets vanish silently),
     /// leaving their other paths alone.
     pub fn cut(&mut self, a: &str, b: &str) -> Result<(), Error> {
-        for (host, from) in self.cut_rules(a, b)? {
-            self.exec_ok(
-                &host,
-                "iptables",
-                &["-I", "INPUT", "-s", &from.to_string(), "-j", "DROP"],
-            )?;
-        }
-        Ok(())
+        self.drop_rules("-I", a, b)
     }
 
     /// Removes the cut between `a` and `b`.
     pub fn heal(&mut self, a: &str, b: &str) -> Result<(), Error> {
+        self.drop_rules("-D", a, b)
+    }
+
+    /// Inserts (`-I`) or deletes (`-D`) the DROP rules of a cut.
+    fn drop_rules(&self, op: &str, a: &str, b: &str) -> Result<(), Error> {
         for (host, from) in self.cut_rules(a, b)? {
             self.exec_ok(
                 &host,
                 "iptables",
-                &["-D", "INPUT", "-s", &from.to_string(), "-j", "DROP"],
+                &[op, "INPUT", "-s", &from.to_string(), "-j", "DROP"],
             )?;
         }
         Ok(())
