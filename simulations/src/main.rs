@@ -1,15 +1,9 @@
 //! `relaymesh-sim`: load simulations that print figures for docs/benchmarks.md.
 
-mod control_plane;
-mod load;
-mod mesh;
-mod plot;
-mod procstat;
-mod ring;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use relaymesh_sim::{cluster, control_plane, load, mesh, ring};
 
 #[derive(Parser)]
 #[command(version, about = "relaymesh load simulations")]
@@ -32,6 +26,11 @@ enum Command {
     /// fanout, channels, presence, churn, client-events.
     // Boxed: its many flags make it far larger than the other commands.
     Load(Box<load::Args>),
+    /// A multi-region cluster in network namespaces (control plane and nodes as
+    /// processes, latency between regions) under a scenario, with faults on a schedule;
+    /// writes a report folder with plots.
+    // Boxed like `Load`.
+    Cluster(Box<cluster::Args>),
 }
 
 #[tokio::main]
@@ -41,5 +40,6 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Ring(args) => ring::run(args).map(|()| ExitCode::SUCCESS),
         Command::Mesh(args) => mesh::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Load(args) => load::run_cli(*args).await,
+        Command::Cluster(args) => cluster::run_cli(*args).await,
     }
 }

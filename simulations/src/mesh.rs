@@ -42,7 +42,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Transport::Quic => "quic",
             Transport::Grpc => "grpc",

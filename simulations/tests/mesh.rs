@@ -2,25 +2,15 @@
 //! the debug binaries (`scripts/test` builds them before `cargo test`), 20 subscribers,
 //! 50 events per mode; the report must account for every delivery.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+
 #[test]
 fn mesh_delivers_every_event_once_and_counts_mesh_bytes() {
-    // The node binaries sit beside this crate's binary (target/debug, or CARGO_TARGET_DIR's).
-    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_relaymesh-sim"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    for bin in ["relaymesh-node", "relaymesh-control"] {
-        assert!(
-            bin_dir.join(bin).is_file(),
-            "{} is missing: run `cargo build -p relaymesh-node -p relaymesh-control` first",
-            bin_dir.join(bin).display()
-        );
-    }
+    let bin_dir = common::node_bin_dir();
     let json = std::env::temp_dir().join(format!(
         "relaymesh-sim-mesh-test-{}.json",
         std::process::id()

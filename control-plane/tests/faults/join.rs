@@ -6,7 +6,7 @@ use relaymesh_proto::ring::Ring;
 
 use crate::check::{self, Delivery, Findings};
 use crate::clients::{lock, users, Client};
-use crate::cluster::{Cluster, APP};
+use crate::cluster::APP;
 use crate::{
     all_ready, member_events_since, member_marks, members_on, no_member_events, nodes, owned_by,
     publish_through, readers_of_each, serial, set, settle, told_of, wrap_up,
@@ -27,10 +27,10 @@ fn moving_to_n4(prefix: &str, before: &str) -> String {
 async fn a_node_joining_under_load_loses_nothing() {
     let _serial = serial().await;
     let name = "join";
-    let mut cluster = Cluster::new(name, 4, None).await;
+    let mut cluster = crate::new_cluster(name, 4, None).await;
     let three = ["n1", "n2", "n3"];
     for node in three {
-        cluster.start_node(node);
+        cluster.start_node(node).unwrap();
     }
     let names: Vec<String> = three.iter().map(|n| (*n).to_owned()).collect();
     cluster
@@ -56,7 +56,7 @@ async fn a_node_joining_under_load_loses_nothing() {
 
     let joined = Instant::now();
     f.note(&format!("start n4 at {}", cluster.at()));
-    cluster.start_node("n4");
+    cluster.start_node("n4").unwrap();
     all_ready(
         &cluster,
         &mut f,
@@ -75,9 +75,13 @@ async fn a_node_joining_under_load_loses_nothing() {
         )
     });
     // The new node serves subscribers and members too.
-    let n4_reader = Client::start("n4-reader", &live, "n4", &channels[0], None, false).await;
+    let n4_reader = Client::start("n4-reader", &live, "n4", &channels[0], None, false)
+        .await
+        .unwrap();
     let marks = member_marks(&members);
-    let u4 = Client::start("u4@n4", &live, "n4", &room, Some("u4"), false).await;
+    let u4 = Client::start("u4@n4", &live, "n4", &room, Some("u4"), false)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let pubs = publisher.stop().await;
     let mut checked: Vec<&Client> = readers.iter().collect();

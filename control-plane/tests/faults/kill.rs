@@ -4,11 +4,12 @@ use std::time::{Duration, Instant};
 
 use crate::check::{self, full_delivery_after, ms, Delivery, Findings};
 use crate::clients::{users, Client};
-use crate::cluster::{Cluster, Latency, LEASE_TTL};
+use crate::cluster::LEASE_TTL;
 use crate::{
     member_events_since, member_marks, nodes, owned_by, owner, publish_through, serial, set,
     settle, subscribers, told_of, within, wrap_up,
 };
+use relaymesh_sim::testbed::latency::Latency;
 
 /// What one run measured.
 struct Run {
@@ -18,7 +19,7 @@ struct Run {
 
 /// Subscribers on n1 and n2 of a channel owned by n3, a publisher on n1; SIGKILL n3.
 async fn kill_owner(name: &str, latency: Option<Latency>) -> Run {
-    let mut cluster = Cluster::start(name, 3, latency).await;
+    let mut cluster = crate::start_cluster(name, 3, latency).await;
     let mut f = Findings::new(name);
     let all = ["n1", "n2", "n3"];
     let news = owned_by(&all, "n3", "news-");
@@ -33,11 +34,21 @@ async fn kill_owner(name: &str, latency: Option<Latency>) -> Run {
     let readers = subscribers(&nodes, &["n1", "n2"], 3, "news-reader", &news, false).await;
     let calm_readers = subscribers(&nodes, &["n1", "n2"], 1, "calm-reader", &calm, false).await;
     // Presence: "both" has a socket on n1 and one on n3, so it stays when n3 dies.
-    let u1 = Client::start("u1@n1", &nodes, "n1", &room, Some("u1"), false).await;
-    let u2 = Client::start("u2@n2", &nodes, "n2", &room, Some("u2"), false).await;
-    let both1 = Client::start("both@n1", &nodes, "n1", &room, Some("both"), false).await;
-    let _u3 = Client::start("u3@n3", &nodes, "n3", &room, Some("u3"), false).await;
-    let _both3 = Client::start("both@n3", &nodes, "n3", &room, Some("both"), false).await;
+    let u1 = Client::start("u1@n1", &nodes, "n1", &room, Some("u1"), false)
+        .await
+        .unwrap();
+    let u2 = Client::start("u2@n2", &nodes, "n2", &room, Some("u2"), false)
+        .await
+        .unwrap();
+    let both1 = Client::start("both@n1", &nodes, "n1", &room, Some("both"), false)
+        .await
+        .unwrap();
+    let _u3 = Client::start("u3@n3", &nodes, "n3", &room, Some("u3"), false)
+        .await
+        .unwrap();
+    let _both3 = Client::start("both@n3", &nodes, "n3", &room, Some("both"), false)
+        .await
+        .unwrap();
     let survivors = [&u1, &u2, &both1];
     // Everyone knows everyone before the fault.
     let before = set(&["both", "u1", "u2", "u3"]);

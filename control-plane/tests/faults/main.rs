@@ -11,15 +11,12 @@
 //! are printed (`[faults] …` lines on stderr, shown with `--nocapture`); violations are
 //! collected and fail the test at the end, with the tails of the processes' logs.
 //!
+//! The hosts, processes, clients and checks are `relaymesh_sim::testbed` (shared with
+//! `relaymesh-sim cluster`); this crate holds the tests and the helpers they share.
+//!
 //! Needs root and iproute2 / iptables / tc; without them every test fails and says why.
 //! The tests run one at a time (they measure time on a small machine).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod check;
-mod clients;
-mod cluster;
-mod netns;
-mod relay;
 
 mod join;
 mod kill;
@@ -30,10 +27,17 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use relaymesh_proto::ring::Ring;
+use std::path::{Path, PathBuf};
 
-use crate::check::{ms, Delivery, Findings};
-use crate::clients::{Client, Nodes, Publish, Publisher};
+use relaymesh_proto::ring::Ring;
+use relaymesh_sim::testbed::cluster::{Bins, Latencies, Spec};
+use relaymesh_sim::testbed::latency::Latency;
+use relaymesh_sim::testbed::Error;
+pub use relaymesh_sim::testbed::{check, clients, cluster};
+
+pub use crate::check::settle;
+use crate::check::{ms, Findings};
+use crate::clients::{Client, Nodes, Publisher};
 use crate::cluster::{Cluster, APP};
 
 /// One fault test at a time.
@@ -60,9 +64,77 @@ pub fn owner(nodes: &[&str], channel: &str) -> String {
         .to_owned()
 }
 
+/// The two binaries: next to the control plane binary cargo built for this test (same
+/// target dir and profile), else `target/debug` of the workspace.
+fn bins() -> Bins {
+    let control = PathBuf::from(env!("CARGO_BIN_EXE_relaymesh-control"));
+    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
+    let dirs = [control.parent().map(Path::to_path_buf), Some(fallback)];
+    let found = dirs
+        .iter()
+        .flatten()
+        .find(|dir| dir.join("relaymesh-node").exists());
+    let Some(dir) = found else {
+        panic!(
+            "\n\n*** FAULT TESTS CANNOT RUN: no relaymesh-node binary in {dirs:?}; \
+             build it first: cargo build -p relaymesh-node -p relaymesh-control \
+             (scripts/test does) ***\n\n"
+        )
+    };
+    let mut bins = Bins::in_dir(dir).unwrap_or_else(|e| {
+        panic!("\n\n*** FAULT TESTS CANNOT RUN: {e} ***\n\n");
+    });
+    bins.control = control;
+    bins
+}
+
+/// A fault test's cluster: nodes `n1`…`n{n}` (QUIC mesh, one region) and `latency`
+/// between every two hosts.
+fn spec(name: &str, n: usize, latency: Option<Latency>) -> Spec {
+    Spec {
+        name: name.to_owned(),
+        log: "faults".into(),
+        prefix: "rf".into(),
+        nodes: (1..=n)
+            .map(|i| (format!("n{i}"), "r1".to_owned()))
+            .collect(),
+        cp_region: "r1".into(),
+        latency: latency.map_or(Latencies::None, Latencies::Uniform),
+        transport: relaymesh_sim::mesh::Transport::Quic,
+        bins: bins(),
+        rust_log: "info,relaymesh_node=debug".into(),
+        dir: None,
+    }
+}
+
+/// Fails the test with the reason the testbed could not be built.
+fn cannot_run(e: Error) -> ! {
+    match e {
+        Error::Unavailable(reason) => {
+            panic!("\n\n*** FAULT TESTS CANNOT RUN: {reason} ***\n\n")
+        }
+        Error::Setup(reason) => panic!("\n\n*** FAULT TESTS CANNOT RUN: {reason} ***\n\n"),
+        other => panic!("{other}"),
+    }
+}
+
+/// The network, certificates and control plane of a cluster of `n` nodes; no node yet.
+pub async fn new_cluster(name: &str, n: usize, latency: Option<Latency>) -> Cluster {
+    Cluster::new(spec(name, n, latency))
+        .await
+        .unwrap_or_else(|e| cannot_run(e))
+}
+
+/// A control plane and `n` ready nodes.
+pub async fn start_cluster(name: &str, n: usize, latency: Option<Latency>) -> Cluster {
+    Cluster::start(spec(name, n, latency))
+        .await
+        .unwrap_or_else(|e| cannot_run(e))
+}
+
 /// A fresh cluster of three nodes (no latency) for the test `name`, and its findings.
 pub async fn three_nodes(name: &str) -> (Cluster, Findings) {
-    (Cluster::start(name, 3, None).await, Findings::new(name))
+    (start_cluster(name, 3, None).await, Findings::new(name))
 }
 
 /// The user names `users` as a set (what presence is compared with).
@@ -88,7 +160,11 @@ pub async fn subscribers(
             } else {
                 format!("{label}-{i}@{node}")
             };
-            clients.push(Client::start(&label, nodes, node, channel, None, reconnect).await);
+            clients.push(
+                Client::start(&label, nodes, node, channel, None, reconnect)
+                    .await
+                    .unwrap(),
+            );
         }
     }
     clients
@@ -116,7 +192,11 @@ pub async fn members_on(nodes: &Nodes, on: &[&str], room: &str, reconnect: bool)
     for (i, node) in on.iter().enumerate() {
         let user = format!("u{}", i + 1);
         let label = format!("{user}@{node}");
-        members.push(Client::start(&label, nodes, node, room, Some(&user), reconnect).await);
+        members.push(
+            Client::start(&label, nodes, node, room, Some(&user), reconnect)
+                .await
+                .unwrap(),
+        );
     }
     members
 }
@@ -212,18 +292,6 @@ pub fn nodes(cluster: &Cluster, names: &[&str]) -> Nodes {
             .map(|n| ((*n).to_owned(), cluster.ws_addr(n)))
             .collect(),
     ))
-}
-
-/// Waits until every acknowledged event reached its subscribers (or `timeout`), so that
-/// events still in flight are not counted as lost.
-pub async fn settle(pubs: &[Publish], clients: &[&Client], margin: Duration, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if Delivery::of(pubs, clients, margin).lost.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Polls `check` every 50 ms until it holds; how long that took, or `None` after

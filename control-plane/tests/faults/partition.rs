@@ -95,7 +95,7 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
         "cut n3 from the control plane at {}",
         cluster.at()
     ));
-    cluster.net.cut("n3", "cp");
+    cluster.net.cut("n3", "cp").unwrap();
     let fenced = within(Duration::from_secs(5), || async {
         let ready = cluster.readyz("n3").await;
         ready.is_some_and(|(s, body)| s == 503 && body.contains("fenced"))
@@ -135,7 +135,7 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
 
     let healed = Instant::now();
     f.note(&format!("heal at {}", cluster.at()));
-    cluster.net.heal("n3", "cp");
+    cluster.net.heal("n3", "cp").unwrap();
     let back = within(Duration::from_secs(10), || async {
         cluster.readyz("n3").await.is_some_and(|(s, _)| s == 200)
             && cluster.metric("n3", "relaymesh_fenced").await == Some(0.0)
@@ -268,7 +268,7 @@ async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
 
     let cut = Instant::now();
     f.note(&format!("cut n1 from n2 at {}", cluster.at()));
-    cluster.net.cut("n1", "n2");
+    cluster.net.cut("n1", "n2").unwrap();
     // A publish on n1 to a channel owned by n2, while the link is broken.
     let probe_http = cluster.http.clone();
     let probe_base = cluster.base("n1");
@@ -343,7 +343,7 @@ async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
 
     let healed = Instant::now();
     f.note(&format!("heal at {}", cluster.at()));
-    cluster.net.heal("n1", "n2");
+    cluster.net.heal("n1", "n2").unwrap();
     let relinked = within(Duration::from_secs(10), || async {
         link_up(&cluster, "n1", "n2").await == Some(1.0)
             && link_up(&cluster, "n2", "n1").await == Some(1.0)

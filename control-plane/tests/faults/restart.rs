@@ -101,7 +101,7 @@ async fn the_data_plane_outlives_a_control_plane_restart() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restarted = Instant::now();
     f.note(&format!("restart the control plane at {}", cluster.at()));
-    cluster.start_cp().await;
+    cluster.start_cp().await.unwrap();
     // Registered again: the control plane lists all three active, every node is ready.
     let names = cluster.nodes.clone();
     let back = within(Duration::from_secs(10), || async {
@@ -231,7 +231,7 @@ async fn a_rolling_restart_loses_no_acknowledged_event() {
             cluster.at(),
             on_node.len()
         ));
-        cluster.terminate(node);
+        cluster.terminate(node).unwrap();
         terminated.push((node.to_string(), sent));
         let exit = cluster.wait_exit(node, Duration::from_secs(40)).await;
         f.figure(
@@ -262,7 +262,7 @@ async fn a_rolling_restart_loses_no_acknowledged_event() {
                 );
             }
         }
-        cluster.start_node(node);
+        cluster.start_node(node).unwrap();
         all_ready(
             &cluster,
             &mut f,

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::clients::{Client, Publish};
+use super::clients::{Client, Publish};
 
 /// Violations and figures of one test (or one run of it).
 pub struct Findings {
@@ -110,6 +110,10 @@ pub struct Delivery {
     /// Events acknowledged with 200 that a subscriber connected and subscribed at the time
     /// never received: (client, session, node, publish).
     pub lost: Vec<Lost>,
+    /// (Session, event) pairs in a session's window: each is received or lost.
+    pub expected: usize,
+    /// Of `expected`, those the session received.
+    pub received: usize,
     pub duplicates: Vec<(String, usize, u64)>,
     /// Events received with a smaller sequence number than the one before (same channel,
     /// same session). Publishes overlap in time, so this is only a figure.
@@ -160,7 +164,7 @@ impl Delivery {
                 let mut counts: HashMap<u64, usize> = HashMap::new();
                 let mut previous = 0;
                 for s in &session.seen {
-                    if let crate::clients::Seen::Tick(seq, at) = s {
+                    if let super::clients::Seen::Tick(seq, at) = s {
                         if let Some(done) = by_seq.get(seq).filter(|p| p.ok()).and_then(|p| p.done)
                         {
                             d.late = d.late.max(at.saturating_duration_since(done));
@@ -191,6 +195,10 @@ impl Delivery {
                             (Some(end), Some(done)) => done <= end,
                             _ => true,
                         };
+                    if in_window {
+                        d.expected += 1;
+                        d.received += usize::from(counts.contains_key(&p.seq));
+                    }
                     if in_window && !counts.contains_key(&p.seq) {
                         d.lost.push(Lost {
                             client: client.label.clone(),
@@ -293,6 +301,18 @@ impl Delivery {
     }
 }
 
+/// Waits until every acknowledged event reached its subscribers (or `timeout`), so that
+/// events still in flight are not counted as lost.
+pub async fn settle(pubs: &[Publish], clients: &[&Client], margin: Duration, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if Delivery::of(pubs, clients, margin).lost.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// When an event published after `after` (acknowledged with 200) first reached every
 /// client's current connection: the time from `after`, or `None` if none did.
 pub fn full_delivery_after(
@@ -307,7 +327,7 @@ pub fn full_delivery_after(
                 .seen
                 .iter()
                 .filter_map(|s| match s {
-                    crate::clients::Seen::Tick(seq, at) => Some((*seq, *at)),
+                    super::clients::Seen::Tick(seq, at) => Some((*seq, *at)),
                     _ => None,
                 })
                 .collect()
@@ -402,7 +422,7 @@ pub fn longest_silence(clients: &[&Client], from: Instant, to: Instant) -> Durat
     for client in clients {
         let mut previous = from;
         for s in &client.last().seen {
-            if let crate::clients::Seen::Tick(_, at) = s {
+            if let super::clients::Seen::Tick(_, at) = s {
                 if *at < from || *at > to {
                     continue;
                 }

@@ -1,10 +1,10 @@
 //! Latency without `tc netem`, for kernels built without it (CONFIG_NET_SCH_NETEM unset):
-//! relays in the test process, on the bridge's address, that hold every datagram (UDP,
-//! the QUIC mesh) or chunk (TCP, the control plane) for a fixed delay in each direction
-//! and drop a share of datagrams. Nodes advertise their relay as their mesh address and
-//! reach the control plane through its relay, so every host-to-host path of the cluster
-//! is delayed once each way, as with netem on each host's egress. Client traffic (test
-//! process to nodes) is not delayed. The harness prints which of the two it used.
+//! relays in the calling process that hold every datagram (UDP, the QUIC mesh) or chunk
+//! (TCP: the control plane, the gRPC mesh) for a fixed delay in each direction and drop a
+//! share of datagrams. One relay per path from one host to one service of another; it
+//! listens on the destination's alias address and sends from the source's, so that a cut
+//! between the two hosts (iptables on their source addresses) stops it as it stops the
+//! direct path. `latency.rs` decides which paths get one and redirects them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,12 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// The relays of one test; stopped on drop.
+use super::Error;
+
+/// The relays of one harness; stopped on drop.
 #[derive(Default)]
 pub struct Relays {
     tasks: Vec<JoinHandle<()>>,
@@ -45,17 +47,20 @@ fn delay_line(mut queue: mpsc::UnboundedReceiver<Datagram>) -> JoinHandle<()> {
 }
 
 impl Relays {
-    /// A UDP relay on `ip` (a free port) to `target`: one upstream socket per client
-    /// address, `delay` each way, `loss` (0..1) of datagrams dropped each way.
+    /// A UDP relay on `ip` (a free port) to `target`, sending from `source`: one upstream
+    /// socket per client address, `delay` each way, `loss` (0..1) of datagrams dropped
+    /// each way.
     pub async fn udp(
         &mut self,
         ip: IpAddr,
+        source: IpAddr,
         target: SocketAddr,
         delay: Duration,
         loss: f64,
-    ) -> SocketAddr {
-        let front = Arc::new(UdpSocket::bind((ip, 0)).await.expect("bind a UDP relay"));
-        let addr = front.local_addr().unwrap();
+    ) -> Result<SocketAddr, Error> {
+        let bind = |e: std::io::Error| Error::Setup(format!("binding a UDP relay on {ip}: {e}"));
+        let front = Arc::new(UdpSocket::bind((ip, 0)).await.map_err(bind)?);
+        let addr = front.local_addr().map_err(bind)?;
         let (line, queue) = mpsc::unbounded_channel::<Datagram>();
         self.tasks.push(delay_line(queue));
         let task = tokio::spawn(async move {
@@ -72,7 +77,7 @@ impl Relays {
                 let upstream = match upstreams.get(&from) {
                     Some(u) => u.clone(),
                     None => {
-                        let Ok(socket) = UdpSocket::bind((ip, 0)).await else {
+                        let Ok(socket) = UdpSocket::bind((source, 0)).await else {
                             continue;
                         };
                         let socket = Arc::new(socket);
@@ -110,19 +115,27 @@ impl Relays {
             }
         });
         self.tasks.push(task);
-        addr
+        Ok(addr)
     }
 
-    /// A TCP relay on `ip` (a free port) to `target`, `delay` each way.
-    pub async fn tcp(&mut self, ip: IpAddr, target: SocketAddr, delay: Duration) -> SocketAddr {
-        let listener = TcpListener::bind((ip, 0)).await.expect("bind a TCP relay");
-        let addr = listener.local_addr().unwrap();
+    /// A TCP relay on `ip` (a free port) to `target`, connecting from `source`, `delay`
+    /// each way.
+    pub async fn tcp(
+        &mut self,
+        ip: IpAddr,
+        source: IpAddr,
+        target: SocketAddr,
+        delay: Duration,
+    ) -> Result<SocketAddr, Error> {
+        let bind = |e: std::io::Error| Error::Setup(format!("binding a TCP relay on {ip}: {e}"));
+        let listener = TcpListener::bind((ip, 0)).await.map_err(bind)?;
+        let addr = listener.local_addr().map_err(bind)?;
         let task = tokio::spawn(async move {
             let mut conns: Vec<JoinHandle<()>> = Vec::new();
             while let Ok((inbound, _)) = listener.accept().await {
                 conns.retain(|c| !c.is_finished());
                 conns.push(tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(target).await else {
+                    let Ok(outbound) = connect_from(source, target).await else {
                         return;
                     };
                     let _ = inbound.set_nodelay(true);
@@ -139,8 +152,20 @@ impl Relays {
             }
         });
         self.tasks.push(task);
-        addr
+        Ok(addr)
     }
+}
+
+async fn connect_from(
+    source: IpAddr,
+    target: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
 }
 
 /// Copies `from` to `to`, each chunk `delay` after it was read; closes `to` after `from`.

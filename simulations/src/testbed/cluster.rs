@@ -1,20 +1,24 @@
 //! A cluster of real processes on namespace hosts: `relaymesh-control serve` on host `cp`,
-//! `relaymesh-node --config FILE` on hosts `n1`, `n2`, … (QUIC mesh, the test's cluster
-//! CA). Each process's stdout and stderr go to `{dir}/{host}.log` (appended across
-//! restarts); the tails are printed when a test fails, and the directory is kept then.
+//! `relaymesh-node --config FILE` on one host per node (named after the node id), each in
+//! its region, with the mesh transport asked for and a cluster CA made for the run. Each
+//! process's stdout and stderr go to `{dir}/{host}.log` (appended across restarts); the
+//! tails are printed when something failed, and the directory is kept then.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use relaymesh_node::mesh::tls::ClusterCa;
 
-use crate::netns::Net;
-use crate::relay::Relays;
+use super::latency::{self, Latency, Mode, Service};
+use super::netns::{must, Net};
+use super::relay::Relays;
+use super::Error;
+use crate::mesh::Transport;
 
 pub const APP: &str = "app-id";
 pub const KEY: &str = "app-key";
@@ -25,88 +29,87 @@ const CP_PORT: u16 = 7000;
 const CP_HTTP_PORT: u16 = 7001;
 const NODE_PORT: u16 = 6001;
 const MESH_PORT: u16 = 7100;
+/// The control plane's host name.
+pub const CP: &str = "cp";
 
-/// Latency between every two hosts (one way) and loss, by `tc netem` or, where the kernel
-/// has no netem, by relays in the test process.
-#[derive(Debug, Clone, Copy)]
-pub struct Latency {
-    pub delay: Duration,
-    pub loss_percent: f64,
+/// Latency between hosts.
+#[derive(Debug, Clone)]
+pub enum Latencies {
+    None,
+    /// The same between every two hosts.
+    Uniform(Latency),
+    /// Between regions (key: the two region names, sorted); none within a region.
+    ByRegion(BTreeMap<(String, String), Latency>),
 }
 
-/// The two binaries: next to the control plane binary cargo built for this test (same
-/// target dir and profile), else `target/debug` of the workspace.
+impl Latencies {
+    /// Between hosts in `a` and `b` (regions).
+    pub fn between(&self, a: &str, b: &str) -> Option<Latency> {
+        match self {
+            Latencies::None => None,
+            Latencies::Uniform(l) => Some(*l),
+            Latencies::ByRegion(_) if a == b => None,
+            Latencies::ByRegion(map) => {
+                let key = if a < b { (a, b) } else { (b, a) };
+                map.get(&(key.0.to_owned(), key.1.to_owned())).copied()
+            }
+        }
+    }
+}
+
+/// The two binaries.
+#[derive(Debug, Clone)]
 pub struct Bins {
     pub control: PathBuf,
     pub node: PathBuf,
 }
 
-pub fn bins() -> Bins {
-    let control = PathBuf::from(env!("CARGO_BIN_EXE_relaymesh-control"));
-    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
-    let node = [
-        control.parent().map(Path::to_path_buf),
-        Some(fallback.clone()),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|dir| dir.join("relaymesh-node"))
-    .find(|p| p.exists())
-    .unwrap_or_else(|| {
-        panic!(
-            "\n\n*** FAULT TESTS CANNOT RUN: no relaymesh-node binary next to {} or in {}; \
-                 build it first: cargo build -p relaymesh-node -p relaymesh-control \
-                 (scripts/test does) ***\n\n",
-            control.display(),
-            fallback.display()
-        )
-    });
-    assert!(
-        control.exists(),
-        "\n\n*** FAULT TESTS CANNOT RUN: no relaymesh-control binary at {} ***\n\n",
-        control.display()
-    );
-    warn_if_stale(&node);
-    Bins { control, node }
-}
-
-/// Says loudly when the node binary is older than the node's or the protocol's sources
-/// (the tests would run yesterday's node).
-fn warn_if_stale(node: &Path) {
-    let built = std::fs::metadata(node).and_then(|m| m.modified()).ok();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let newest = ["node/src", "proto/src", "proto/proto"]
-        .iter()
-        .filter_map(|d| newest_mtime(&root.join(d)))
-        .max();
-    if let (Some(built), Some(newest)) = (built, newest) {
-        if newest > built {
-            eprintln!(
-                "\n[faults] WARNING: {} is older than the sources in node/ or proto/; \
-                 these tests run the binary as built. Rebuild: cargo build -p relaymesh-node\n",
-                node.display()
-            );
-        }
-    }
-}
-
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let time = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
+impl Bins {
+    /// `relaymesh-control` and `relaymesh-node` in `dir`; says loudly when the node binary
+    /// is older than the sources.
+    pub fn in_dir(dir: &Path) -> Result<Bins, Error> {
+        let bins = Bins {
+            control: dir.join("relaymesh-control"),
+            node: dir.join("relaymesh-node"),
         };
-        newest = newest.max(time);
+        for bin in [&bins.control, &bins.node] {
+            if !bin.is_file() {
+                return Err(Error::Setup(format!(
+                    "no {} binary; build it first: cargo build -p relaymesh-node -p relaymesh-control",
+                    bin.display()
+                )));
+            }
+        }
+        warn_if_stale(&bins.node);
+        Ok(bins)
     }
-    newest
 }
 
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Names the run in messages and in its log folder.
+    pub name: String,
+    /// Prefixes messages (`faults`, `cluster`).
+    pub log: String,
+    /// Two letters naming this kind of harness in namespace and interface names.
+    pub prefix: String,
+    /// Node ids and their regions, in start order.
+    pub nodes: Vec<(String, String)>,
+    pub cp_region: String,
+    pub latency: Latencies,
+    pub transport: Transport,
+    pub bins: Bins,
+    /// RUST_LOG of the processes.
+    pub rust_log: String,
+    /// Where the logs go and stay; `None`: a temporary folder, kept only on failure.
+    pub dir: Option<PathBuf>,
+}
 /// Wall-clock time as `HH:MM:SS.mmm` UTC, as in the processes' logs.
 pub fn clock() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs() % 86_400;
     format!(
         "{:02}:{:02}:{:02}.{:03}",
@@ -121,21 +124,27 @@ struct Proc {
     child: Child,
 }
 
-/// The control plane and nodes of one test, on their own network.
+/// The control plane and nodes of one run, on their own network.
 pub struct Cluster {
     pub name: String,
     pub t0: Instant,
+    log: String,
     dir: PathBuf,
     bins: Bins,
     ca_dir: PathBuf,
     procs: BTreeMap<String, Proc>,
     starts: BTreeMap<String, u32>,
-    /// The node hosts, `n1`…
+    /// The node hosts, in start order.
     pub nodes: Vec<String>,
-    /// What nodes use to reach the control plane, and what each advertises as its mesh
-    /// address (relays when latency is simulated without netem).
-    cp_endpoint: String,
-    advertise: BTreeMap<String, String>,
+    /// Each host's region (`cp` included).
+    pub regions: BTreeMap<String, String>,
+    /// Each host's address, so that lookups by name need no fallible call.
+    ips: BTreeMap<String, IpAddr>,
+    transport: Transport,
+    rust_log: String,
+    /// How latency is simulated, and the sentence that says so.
+    pub latency_mode: Mode,
+    pub latency_note: String,
     pub http: reqwest::Client,
     keep_dir: bool,
     relays: Relays,
@@ -143,115 +152,132 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The network (a `cp` host and `hosts` node hosts `n1`…), certificates and the
+    /// The network (a `cp` host and one host per node), certificates, latency and the
     /// control plane; no node is started yet.
-    pub async fn new(name: &str, hosts: usize, latency: Option<Latency>) -> Cluster {
-        let bins = bins();
-        let mut names = vec!["cp".to_owned()];
-        names.extend((1..=hosts).map(|i| format!("n{i}")));
+    pub async fn new(spec: Spec) -> Result<Cluster, Error> {
+        let mut names = vec![CP.to_owned()];
+        names.extend(spec.nodes.iter().map(|(id, _)| id.clone()));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let net = Net::new(&refs);
-        let slug: String = name
+        let net = Net::new(&spec.prefix, &spec.log, &refs)?;
+        let slug: String = spec
+            .name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        let dir = std::env::temp_dir().join(format!("relaymesh-faults-{}-{slug}", net.tag()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let keep_dir = spec.dir.is_some();
+        let dir = spec.dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("relaymesh-{}-{}-{slug}", spec.log, net.tag()))
+        });
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let ca_dir = dir.join("ca");
-        ClusterCa::generate().unwrap().save(&ca_dir).unwrap();
-        let cp_addr = SocketAddr::new(IpAddr::V4(net.host("cp").ip), CP_PORT);
+        ClusterCa::generate()
+            .and_then(|ca| ca.save(&ca_dir))
+            .map_err(|e| {
+                Error::Setup(format!(
+                    "making the cluster CA in {}: {e}",
+                    ca_dir.display()
+                ))
+            })?;
+        let mut regions: BTreeMap<String, String> = spec.nodes.iter().cloned().collect();
+        regions.insert(CP.to_owned(), spec.cp_region.clone());
+        let ips = net
+            .hosts()
+            .iter()
+            .map(|h| (h.name.clone(), IpAddr::V4(h.ip)))
+            .collect();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Setup(format!("an HTTP client: {e}")))?;
         let mut cluster = Cluster {
-            name: name.to_owned(),
+            name: spec.name.clone(),
             t0: Instant::now(),
+            log: spec.log.clone(),
             dir,
-            bins,
+            bins: spec.bins.clone(),
             ca_dir,
             procs: BTreeMap::new(),
             starts: BTreeMap::new(),
             nodes: names[1..].to_vec(),
-            cp_endpoint: format!("http://{cp_addr}"),
-            advertise: BTreeMap::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-            keep_dir: false,
+            regions,
+            ips,
+            transport: spec.transport,
+            rust_log: spec.rust_log.clone(),
+            latency_mode: Mode::None,
+            latency_note: String::new(),
+            http,
+            keep_dir,
             relays: Relays::default(),
             net,
         };
         eprintln!(
-            "[faults] {name}: network {} (bridge {}), logs in {}",
+            "[{}] {}: network {} (bridge {}), logs in {}",
+            cluster.log,
+            cluster.name,
             cluster.net.tag(),
             cluster.net.gateway,
             cluster.dir.display()
         );
-        if let Some(latency) = latency {
-            cluster.add_latency(latency, cp_addr).await;
-        }
-        cluster.start_cp().await;
-        cluster
+        cluster.add_latency(&spec.latency).await?;
+        cluster.start_cp().await?;
+        Ok(cluster)
     }
 
-    /// A control plane and `n` ready nodes.
-    pub async fn start(name: &str, n: usize, latency: Option<Latency>) -> Cluster {
-        let mut cluster = Cluster::new(name, n, latency).await;
+    /// A control plane and every node of `spec`, ready within 15 s.
+    pub async fn start(spec: Spec) -> Result<Cluster, Error> {
+        let n = spec.nodes.len();
+        let mut cluster = Cluster::new(spec).await?;
         for node in cluster.nodes.clone() {
-            cluster.start_node(&node);
+            cluster.start_node(&node)?;
         }
         let all = cluster.nodes.clone();
         if let Err(e) = cluster.wait_ready(&all, Duration::from_secs(15)).await {
-            panic!("the cluster did not become ready: {e}");
+            return Err(Error::Process(format!(
+                "the cluster did not become ready: {e}"
+            )));
         }
         eprintln!(
-            "[faults] {name}: {n} nodes ready after {} ms",
+            "[{}] {}: {n} nodes ready after {} ms",
+            cluster.log,
+            cluster.name,
             cluster.t0.elapsed().as_millis()
         );
-        cluster
+        Ok(cluster)
     }
 
-    async fn add_latency(&mut self, latency: Latency, cp_addr: SocketAddr) {
-        let mut netem_error = None;
-        let hosts: Vec<String> = std::iter::once("cp".to_owned())
+    async fn add_latency(&mut self, latencies: &Latencies) -> Result<(), Error> {
+        let hosts: Vec<String> = std::iter::once(CP.to_owned())
             .chain(self.nodes.iter().cloned())
             .collect();
-        for host in &hosts {
-            if let Err(e) = self.net.netem(host, latency.delay, latency.loss_percent) {
-                netem_error = Some(e);
-                break;
+        let regions = self.regions.clone();
+        let region = |h: &str| regions.get(h).cloned().unwrap_or_default();
+        let paths = latency::paths(&hosts, &|a, b| latencies.between(&region(a), &region(b)));
+        let transport = self.transport;
+        let services = |host: &str| {
+            if host == CP {
+                vec![Service {
+                    proto: "tcp",
+                    port: CP_PORT,
+                }]
+            } else {
+                vec![Service {
+                    proto: match transport {
+                        Transport::Quic => "udp",
+                        Transport::Grpc => "tcp",
+                    },
+                    port: MESH_PORT,
+                }]
             }
-        }
-        let Some(error) = netem_error else {
-            eprintln!(
-                "[faults] {}: tc netem delay {:?} loss {}% on every host's egress",
-                self.name, latency.delay, latency.loss_percent
-            );
-            return;
         };
-        // Undo a partial set-up, then relay.
-        for host in &hosts {
-            let _ = self
-                .net
-                .exec(host, "tc", &["qdisc", "del", "dev", "eth0", "root"]);
+        let (mode, note) = latency::apply(&self.net, &mut self.relays, &paths, &services).await?;
+        if mode == Mode::Relays {
+            eprintln!("\n[{}] {}: {note}\n", self.log, self.name);
+        } else {
+            eprintln!("[{}] {}: {note}", self.log, self.name);
         }
-        eprintln!(
-            "\n[faults] {}: NOTE: `tc qdisc add … netem` failed here ({error}); this kernel \
-             has no netem (CONFIG_NET_SCH_NETEM). Latency is simulated instead by relays in \
-             the test process: the QUIC mesh (UDP, {}% loss) and the control-plane gRPC \
-             (TCP) of every node go through a relay that delays each direction by {:?}. \
-             Client traffic is not delayed.\n",
-            self.name, latency.loss_percent, latency.delay
-        );
-        let gateway = IpAddr::V4(self.net.gateway);
-        let relay = self.relays.tcp(gateway, cp_addr, latency.delay).await;
-        self.cp_endpoint = format!("http://{relay}");
-        for node in self.nodes.clone() {
-            let mesh = SocketAddr::new(IpAddr::V4(self.net.host(&node).ip), MESH_PORT);
-            let relay = self
-                .relays
-                .udp(gateway, mesh, latency.delay, latency.loss_percent / 100.0)
-                .await;
-            self.advertise.insert(node, relay.to_string());
-        }
+        self.latency_mode = mode;
+        self.latency_note = note;
+        Ok(())
     }
 
     /// Now, as wall-clock time (as in the logs) and as time since the cluster started
@@ -260,8 +286,12 @@ impl Cluster {
         format!("{} UTC (t+{} ms)", clock(), self.t0.elapsed().as_millis())
     }
 
+    /// A host's address (`0.0.0.0` for a name that is none: connecting there fails).
     pub fn ip(&self, host: &str) -> IpAddr {
-        IpAddr::V4(self.net.host(host).ip)
+        self.ips
+            .get(host)
+            .copied()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 
     /// `http://IP:6001` of a node.
@@ -273,33 +303,43 @@ impl Cluster {
         format!("{}:{NODE_PORT}", self.ip(node))
     }
 
+    /// The folder of the logs, the CA and the configs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn log_path(&self, host: &str) -> PathBuf {
         self.dir.join(format!("{host}.log"))
     }
 
-    fn open_log(&mut self, host: &str) -> File {
+    fn open_log(&mut self, host: &str) -> Result<File, Error> {
         let starts = self.starts.entry(host.to_owned()).or_default();
         *starts += 1;
         let n = *starts;
+        let path = self.log_path(host);
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path(host))
-            .unwrap();
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         writeln!(
             file,
-            "===== [faults] start #{n} of {host} at {} UTC =====",
+            "===== [{}] start #{n} of {host} at {} UTC =====",
+            self.log,
             clock()
         )
-        .unwrap();
-        file
+        .map_err(|e| Error::io(&path, e))?;
+        Ok(file)
     }
 
-    fn spawn(&mut self, host: &str, program: &Path, args: &[String]) {
-        let log = self.open_log(host);
-        let mut command = self.net.command(host, program);
+    fn spawn(&mut self, host: &str, program: &Path, args: &[String]) -> Result<(), Error> {
+        let log = self.open_log(host)?;
+        let err = log
+            .try_clone()
+            .map_err(|e| Error::io(&self.log_path(host), e))?;
+        let mut command = self.net.command(host, program)?;
         // The node reads every RELAYMESH_* variable as configuration (and refuses unknown
-        // ones, such as this suite's RELAYMESH_FAULT_RUNS): the processes get none.
+        // ones, such as the fault suite's RELAYMESH_FAULT_RUNS): the processes get none.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("RELAYMESH_") {
                 command.env_remove(key);
@@ -307,20 +347,23 @@ impl Cluster {
         }
         let child = command
             .args(args)
-            .env("RUST_LOG", "info,relaymesh_node=debug")
+            .env("RUST_LOG", &self.rust_log)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} on {host}: {e}", program.display()));
+            .map_err(|e| {
+                Error::Process(format!("cannot start {} on {host}: {e}", program.display()))
+            })?;
         self.procs.insert(host.to_owned(), Proc { child });
+        Ok(())
     }
 
     /// Starts (or restarts, same address and data dir) the control plane and waits until
-    /// its /metrics answers.
-    pub async fn start_cp(&mut self) {
-        let ip = self.ip("cp");
+    /// its /metrics answers (10 s at most).
+    pub async fn start_cp(&mut self) -> Result<(), Error> {
+        let ip = self.ip(CP);
         let data = self.dir.join("cp-data");
         let args: Vec<String> = [
             "serve".to_owned(),
@@ -337,12 +380,14 @@ impl Cluster {
         ]
         .into();
         let control = self.bins.control.clone();
-        self.spawn("cp", &control, &args);
+        self.spawn(CP, &control, &args)?;
         let url = format!("http://{ip}:{CP_HTTP_PORT}/metrics");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(status) = self.exit_status("cp") {
-                panic!("relaymesh-control exited at start: {status}");
+            if let Some(status) = self.exit_status(CP) {
+                return Err(Error::Process(format!(
+                    "relaymesh-control exited at start: {status}"
+                )));
             }
             let ok = self
                 .http
@@ -352,55 +397,54 @@ impl Cluster {
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if ok {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "the control plane never answered on {url}"
-            );
+            if Instant::now() >= deadline {
+                return Err(Error::Process(format!(
+                    "the control plane never answered on {url}"
+                )));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    fn node_config(&self, node: &str) -> PathBuf {
+    fn node_config(&self, node: &str) -> Result<PathBuf, Error> {
         let ip = self.ip(node);
-        let advertise = self
-            .advertise
-            .get(node)
-            .map(|a| format!("advertise = \"{a}\"\n"))
-            .unwrap_or_default();
+        let region = self.regions.get(node).map_or("r1", String::as_str);
+        // Nodes dial the control plane's own address; with relays, DNAT in their
+        // namespace sends it through the relay.
         let toml = format!(
             "listen = \"{ip}:{NODE_PORT}\"\n\
              \n\
              [control_plane]\n\
-             endpoint = \"{endpoint}\"\n\
+             endpoint = \"http://{cp}:{CP_PORT}\"\n\
              node_id = \"{node}\"\n\
-             region = \"r1\"\n\
+             region = \"{region}\"\n\
              \n\
              [mesh]\n\
              listen = \"{ip}:{MESH_PORT}\"\n\
-             {advertise}\
-             transport = \"quic\"\n\
+             transport = \"{transport}\"\n\
              dev_ca_dir = \"{ca}\"\n\
              \n\
              [[apps]]\n\
              id = \"{APP}\"\n\
              key = \"{KEY}\"\n\
              secret = \"{SECRET}\"\n",
-            endpoint = self.cp_endpoint,
+            cp = self.ip(CP),
+            transport = self.transport.name(),
             ca = self.ca_dir.display(),
         );
         let path = self.dir.join(format!("{node}.toml"));
-        std::fs::write(&path, toml).unwrap();
-        path
+        std::fs::write(&path, toml).map_err(|e| Error::io(&path, e))?;
+        Ok(path)
     }
 
     /// Starts (or restarts, same config and node id) a node; does not wait for it.
-    pub fn start_node(&mut self, node: &str) {
-        let config = self.node_config(node);
+    pub fn start_node(&mut self, node: &str) -> Result<(), Error> {
+        let config = self.node_config(node)?;
         let args = vec!["--config".to_owned(), config.display().to_string()];
         let binary = self.bins.node.clone();
-        self.spawn(node, &binary, &args);
+        self.spawn(node, &binary, &args)
     }
 
     /// SIGKILL: no goodbye to anyone.
@@ -411,10 +455,18 @@ impl Cluster {
         }
     }
 
+    /// Whether `host`'s process was started and not yet reaped.
+    pub fn running(&self, host: &str) -> bool {
+        self.procs.contains_key(host)
+    }
+
     /// SIGTERM: a node drains, then exits.
-    pub fn terminate(&self, host: &str) {
-        let pid = self.procs[host].child.id().to_string();
-        crate::netns::must("kill", &["-TERM", &pid]).unwrap();
+    pub fn terminate(&self, host: &str) -> Result<(), Error> {
+        let proc = self
+            .procs
+            .get(host)
+            .ok_or_else(|| Error::Process(format!("{host} is not running")))?;
+        must("kill", &["-TERM", &proc.child.id().to_string()])
     }
 
     /// The exit status of `host`'s process, if it exited.
@@ -497,7 +549,7 @@ impl Cluster {
 
     /// How many nodes the control plane lists as active (its /metrics), if it answers.
     pub async fn cp_active(&self) -> Option<f64> {
-        let url = format!("http://{}:{CP_HTTP_PORT}/metrics", self.ip("cp"));
+        let url = format!("http://{}:{CP_HTTP_PORT}/metrics", self.ip(CP));
         let text = get_text(&self.http, &url).await?;
         Some(
             text.lines()
@@ -552,7 +604,7 @@ impl Cluster {
     /// repeated in them shown once (its last time) with its count.
     pub fn dump_logs(&mut self, lines: usize) {
         self.keep_dir = true;
-        for host in std::iter::once("cp".to_owned()).chain(self.nodes.clone()) {
+        for host in std::iter::once(CP.to_owned()).chain(self.nodes.clone()) {
             let path = self.log_path(&host);
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
@@ -633,4 +685,38 @@ async fn get_text(http: &reqwest::Client, url: &str) -> Option<String> {
         .text()
         .await
         .ok()
+}
+
+/// Says loudly when the node binary is older than the node's or the protocol's sources
+/// (a run would measure yesterday's node).
+fn warn_if_stale(node: &Path) {
+    let built = std::fs::metadata(node).and_then(|m| m.modified()).ok();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = ["node/src", "proto/src", "proto/proto"]
+        .iter()
+        .filter_map(|d| newest_mtime(&root.join(d)))
+        .max();
+    if let (Some(built), Some(newest)) = (built, newest) {
+        if newest > built {
+            eprintln!(
+                "\nWARNING: {} is older than the sources in node/ or proto/; it runs as \
+                 built. Rebuild: cargo build -p relaymesh-node\n",
+                node.display()
+            );
+        }
+    }
+}
+
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::cluster::{APP, KEY, SECRET};
+use super::cluster::{APP, KEY, SECRET};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -52,6 +52,19 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session that never was (closed from the start), for a client without any.
+    fn none(channel: &str) -> Session {
+        let now = Instant::now();
+        Session {
+            node: format!("(none: {channel})"),
+            socket_id: String::new(),
+            subscribed_at: now,
+            roster: Vec::new(),
+            seen: Vec::new(),
+            closed: Some((None, now)),
+        }
+    }
+
     pub fn ticks(&self) -> impl Iterator<Item = u64> + '_ {
         self.seen.iter().filter_map(|s| match s {
             Seen::Tick(seq, _) => Some(*seq),
@@ -202,7 +215,7 @@ fn seen(text: &str) -> Seen {
 }
 
 impl Client {
-    /// Connects to `node`, subscribes to `channel` (presence: as `user`); panics if that
+    /// Connects to `node`, subscribes to `channel` (presence: as `user`); why not, if that
     /// fails. With `reconnect`, a closed connection is replaced by one to another node of
     /// `nodes` (each a new session); without, the client ends with its connection.
     pub async fn start(
@@ -212,15 +225,15 @@ impl Client {
         channel: &str,
         user: Option<&str>,
         reconnect: bool,
-    ) -> Client {
+    ) -> Result<Client, String> {
         let addr = lock(nodes)
             .iter()
             .find(|(n, _)| n == node)
             .map(|(_, a)| a.clone())
-            .unwrap_or_else(|| panic!("no node {node}"));
+            .ok_or_else(|| format!("client {label}: no node {node}"))?;
         let open = open(node, &addr, channel, user)
             .await
-            .unwrap_or_else(|e| panic!("client {label}: {e}"));
+            .map_err(|e| format!("client {label}: {e}"))?;
         let sessions = Arc::new(Mutex::new(vec![open.session]));
         let task = tokio::spawn(run(
             open.ws,
@@ -230,12 +243,12 @@ impl Client {
             user.map(str::to_owned),
             reconnect,
         ));
-        Client {
+        Ok(Client {
             label: label.to_owned(),
             channel: channel.to_owned(),
             sessions,
             task,
-        }
+        })
     }
 
     pub fn sessions(&self) -> Vec<Session> {
@@ -243,7 +256,11 @@ impl Client {
     }
 
     pub fn last(&self) -> Session {
-        lock(&self.sessions).last().cloned().unwrap()
+        // `start` puts the first session in before anyone can look: never empty.
+        lock(&self.sessions)
+            .last()
+            .cloned()
+            .unwrap_or_else(|| Session::none(&self.channel))
     }
 
     /// Whether the last connection is still open.
@@ -278,7 +295,9 @@ async fn run(
         };
         let left = {
             let mut sessions = lock(&sessions);
-            let last = sessions.last_mut().unwrap();
+            let Some(last) = sessions.last_mut() else {
+                return;
+            };
             last.closed = Some((closed, Instant::now()));
             last.node.clone()
         };
@@ -336,7 +355,7 @@ impl Publish {
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
+        .unwrap_or_default()
         .as_secs()
 }
 
