@@ -93,11 +93,11 @@ impl ControlPlane {
     ) -> ControlPlane {
         let apps = snapshot.apps.iter().cloned().map(App::from).collect();
         let mut registry = Registry::new(snapshot.version_ceiling, config.lease_ttl, apps);
-        let members = snapshot
+        let members: Vec<_> = snapshot
             .members
             .iter()
-            .cloned()
-            .filter_map(StoredMember::restore);
+            .filter_map(|m| m.restore(&snapshot.nodes))
+            .collect();
         registry.restore(Instant::now(), members);
         let (updates, _) = broadcast::channel(WATCH_BACKLOG);
         ControlPlane {
@@ -136,7 +136,7 @@ impl ControlPlane {
             state.snapshot.members = state
                 .registry
                 .members()
-                .map(|m| StoredMember::new(&m.info, m.state))
+                .map(|m| StoredMember::new(&m.info.node_id, m.state))
                 .collect();
             // Membership is saved within a tick, not on every keepalive that changes it.
             state.nodes_dirty = true;

@@ -88,6 +88,9 @@ pub struct NodeRecord {
     pub version: String,
     pub capacity: u64,
     pub last_registered_unix_ms: u64,
+    /// Absent in files written before incarnations were kept.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl NodeRecord {
@@ -100,60 +103,51 @@ impl NodeRecord {
             version: info.version.clone(),
             capacity: info.capacity,
             last_registered_unix_ms: now_unix_ms,
+            incarnation: info.incarnation,
         }
     }
 }
 
-/// A member of the view as of the last save: restored on start so that a restarted
-/// control plane serves the same ring while its nodes register again.
+/// A member of the view as of the last save: restored on start (with the node's record)
+/// so that a restarted control plane serves the same ring while its nodes register again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredMember {
     pub node_id: String,
-    pub region: String,
-    pub client_addr: String,
-    pub mesh_addr: String,
-    pub version: String,
-    pub capacity: u64,
-    pub incarnation: u64,
     /// "joining", "active" or "draining".
     pub state: String,
 }
 
 impl StoredMember {
-    pub fn new(info: &NodeInfo, state: NodeState) -> StoredMember {
+    pub fn new(node_id: &str, state: NodeState) -> StoredMember {
+        let state = match state {
+            NodeState::Active => "active",
+            NodeState::Draining => "draining",
+            NodeState::Joining | NodeState::Unspecified => "joining",
+        };
         StoredMember {
-            node_id: info.node_id.clone(),
-            region: info.region.clone(),
-            client_addr: info.client_addr.clone(),
-            mesh_addr: info.mesh_addr.clone(),
-            version: info.version.clone(),
-            capacity: info.capacity,
-            incarnation: info.incarnation,
-            state: match state {
-                NodeState::Active => "active",
-                NodeState::Draining => "draining",
-                NodeState::Joining | NodeState::Unspecified => "joining",
-            }
-            .into(),
+            node_id: node_id.to_owned(),
+            state: state.into(),
         }
     }
 
-    /// The member as the registry holds it; `None` for a state this version does not know.
-    pub fn restore(self) -> Option<(NodeInfo, NodeState)> {
+    /// The member as the registry holds it, from its node's record; `None` without a
+    /// record or for a state this version does not know.
+    pub fn restore(&self, records: &[NodeRecord]) -> Option<(NodeInfo, NodeState)> {
         let state = match self.state.as_str() {
             "active" => NodeState::Active,
             "draining" => NodeState::Draining,
             "joining" => NodeState::Joining,
             _ => return None,
         };
+        let record = records.iter().find(|r| r.node_id == self.node_id)?;
         let info = NodeInfo {
-            node_id: self.node_id,
-            region: self.region,
-            client_addr: self.client_addr,
-            mesh_addr: self.mesh_addr,
-            version: self.version,
-            capacity: self.capacity,
-            incarnation: self.incarnation,
+            node_id: record.node_id.clone(),
+            region: record.region.clone(),
+            client_addr: record.client_addr.clone(),
+            mesh_addr: record.mesh_addr.clone(),
+            version: record.version.clone(),
+            capacity: record.capacity,
+            incarnation: record.incarnation,
         };
         Some((info, state))
     }
@@ -237,18 +231,18 @@ mod tests {
                 key: "k".into(),
                 ..App::default()
             })],
-            nodes: Vec::new(),
-            members: vec![StoredMember::new(
+            nodes: vec![NodeRecord::new(
                 &NodeInfo {
                     node_id: "a".into(),
                     incarnation: 7,
                     ..NodeInfo::default()
                 },
-                NodeState::Draining,
+                1,
             )],
+            members: vec![StoredMember::new("a", NodeState::Draining)],
         };
         store.save(&snapshot).unwrap();
-        let (info, state) = snapshot.members[0].clone().restore().unwrap();
+        let (info, state) = snapshot.members[0].restore(&snapshot.nodes).unwrap();
         assert_eq!((info.incarnation, state), (7, NodeState::Draining));
         assert_eq!(Store::open(&dir).unwrap().1, snapshot);
         fs::write(dir.join(FILE), b"{not json").unwrap();
