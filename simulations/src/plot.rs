@@ -6,15 +6,12 @@
 //! PNG text is drawn by plotters' `ab_glyph` backend from a font embedded in the binary
 //! (`simulations/fonts/`), so a fresh machine needs no system font and no fontconfig.
 //!
-//! ```ignore
+//! ```text
 //! LineChart::new("Throughput", "seconds", "events/s")
 //!     .series("node-1", points)
 //!     .marker(12.0, "kill node-2")
 //!     .write(&out_dir, "throughput")?;
 //! ```
-
-// Markers, CDFs and log y are for the cluster runner (issue 7), which comes after the ring.
-#![allow(dead_code)]
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
