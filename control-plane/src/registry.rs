@@ -119,15 +119,24 @@ impl Registry {
         }
     }
 
-    /// Registers (or re-registers) a node with a new lease. A new node, or a new process
-    /// of one (another incarnation), joins as `Joining`; the same process registering
-    /// again (after a control-plane outage or restart) keeps its state, so the ring stays.
-    pub fn register(&mut self, now: Instant, info: NodeInfo, lease_id: String) -> ViewUpdate {
+    /// Registers (or re-registers) a node with a new lease. A new node, a new process of
+    /// one (another incarnation), or one that lost its owner state joins as `Joining`; the
+    /// same process registering again with its state (after a control-plane outage or
+    /// restart) keeps its state, so the ring stays.
+    pub fn register(
+        &mut self,
+        now: Instant,
+        info: NodeInfo,
+        lease_id: String,
+        state_lost: bool,
+    ) -> ViewUpdate {
         self.renewal(now);
         let mut state = NodeState::Joining;
         if let Some(old) = self.members.get(&info.node_id) {
             self.leases.remove(&old.lease_id);
-            if old.info.incarnation == info.incarnation && old.info.mesh_addr == info.mesh_addr {
+            let same_process =
+                old.info.incarnation == info.incarnation && old.info.mesh_addr == info.mesh_addr;
+            if same_process && !state_lost {
                 state = old.state;
             } else if old.state == NodeState::Active {
                 self.active_set_changed();
@@ -351,7 +360,7 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(1);
         let mut r = Registry::new(10, ttl, Vec::new());
-        let u = r.register(t0, info("a"), "lease-a".into());
+        let u = r.register(t0, info("a"), "lease-a".into(), false);
         assert_eq!(u.version, 11);
         assert!(r.owner("app", "c").is_none(), "a joining node owns nothing");
         let (state, u) = r.keep_alive(t0, "lease-a", NodeLoad::default()).unwrap();
@@ -363,7 +372,7 @@ mod tests {
         assert!(u.is_none(), "a renewal is not a view change");
         assert!(r.expire(t0 + ttl * 3 / 4).is_none(), "renewed at ttl/2");
         // a stops renewing while b (registered, then renewing) goes on.
-        r.register(t0 + ttl, info("b"), "lease-b".into());
+        r.register(t0 + ttl, info("b"), "lease-b".into(), false);
         let (_, u) = r
             .keep_alive(t0 + ttl + ttl / 4, "lease-b", NodeLoad::default())
             .unwrap();
@@ -381,8 +390,8 @@ mod tests {
     fn re_registering_replaces_the_old_lease() {
         let t0 = Instant::now();
         let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
-        r.register(t0, info("a"), "old".into());
-        r.register(t0, info("a"), "new".into());
+        r.register(t0, info("a"), "old".into(), false);
+        r.register(t0, info("a"), "new".into(), false);
         assert!(r.keep_alive(t0, "old", NodeLoad::default()).is_err());
         assert!(r.keep_alive(t0, "new", NodeLoad::default()).is_ok());
         assert_eq!(r.full_view().members.len(), 1);
@@ -395,13 +404,20 @@ mod tests {
         let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
         let mut a = info("a");
         a.incarnation = 1;
-        r.register(t0, a.clone(), "l1".into());
+        r.register(t0, a.clone(), "l1".into(), false);
         r.keep_alive(t0, "l1", NodeLoad::default()).unwrap();
-        let u = r.register(t0, a.clone(), "l2".into());
+        let u = r.register(t0, a.clone(), "l2".into(), false);
         assert_eq!(u.members[0].state, NodeState::Active as i32);
         assert_eq!(r.owner("app", "c").unwrap().node_id, "a");
+        let u = r.register(t0, a.clone(), "l3".into(), true);
+        assert_eq!(
+            u.members[0].state,
+            NodeState::Joining as i32,
+            "a node that lost its owner state joins again"
+        );
+        r.keep_alive(t0, "l3", NodeLoad::default()).unwrap();
         a.incarnation = 2;
-        let u = r.register(t0, a, "l3".into());
+        let u = r.register(t0, a, "l4".into(), false);
         assert_eq!(
             u.members[0].state,
             NodeState::Joining as i32,
@@ -426,7 +442,7 @@ mod tests {
             r.owner("app", "c").is_some(),
             "restored active members own channels"
         );
-        let u = r.register(t0, info("a"), "la".into());
+        let u = r.register(t0, info("a"), "la".into(), false);
         assert_eq!(u.members[0].state, NodeState::Active as i32);
         // a renews; b never comes back and expires after the TTL and the grace.
         let mut t = t0;
@@ -450,7 +466,7 @@ mod tests {
         let ttl = Duration::from_secs(1);
         let mut r = Registry::new(0, ttl, Vec::new());
         for id in ["a", "b"] {
-            r.register(t0, info(id), id.into());
+            r.register(t0, info(id), id.into(), false);
             r.keep_alive(t0, id, NodeLoad::default()).unwrap();
         }
         // The control plane hears from no one for 10 TTLs: it is the one cut off.
@@ -472,7 +488,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
         for id in ["a", "b"] {
-            r.register(t0, info(id), id.into());
+            r.register(t0, info(id), id.into(), false);
             r.keep_alive(t0, id, NodeLoad::default()).unwrap();
         }
         r.drain("a").unwrap();

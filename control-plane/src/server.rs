@@ -280,8 +280,9 @@ impl Membership for Service {
         observed(
             "Register",
             (|| {
+                let request = request.into_inner();
+                let state_lost = request.state_lost;
                 let info = request
-                    .into_inner()
                     .node
                     .ok_or_else(|| Status::invalid_argument("node is required"))?;
                 require("node_id", &info.node_id)?;
@@ -301,9 +302,10 @@ impl Membership for Service {
                     region = info.region,
                     "node registered"
                 );
-                let update = state
-                    .registry
-                    .register(Instant::now(), info, lease_id.clone());
+                let update =
+                    state
+                        .registry
+                        .register(Instant::now(), info, lease_id.clone(), state_lost);
                 self.commit(&mut state, update, true)?;
                 Ok(Response::new(RegisterResponse {
                     lease_id,

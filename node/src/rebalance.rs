@@ -201,6 +201,9 @@ pub fn fence(shared: &Shared) {
         for app in shared.apps.all() {
             app.owner.forget_all();
         }
+        // Members send their parts again only on a view change: registering as a node that
+        // lost its state makes one, even if the lease has not run out.
+        shared.lease.state_lost();
     } else {
         tracing::info!("lease regained: owning channels again");
     }

@@ -86,7 +86,10 @@ async fn start_node(endpoint: String, token: BearerToken, id: String) -> Result<
         ..NodeInfo::default()
     };
     let lease = client
-        .register(RegisterRequest { node: Some(info) })
+        .register(RegisterRequest {
+            node: Some(info),
+            state_lost: false,
+        })
         .await?
         .into_inner();
     let watcher = Arc::new(Watcher::default());

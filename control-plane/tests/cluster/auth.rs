@@ -25,6 +25,7 @@ async fn wrong_or_missing_tokens_are_refused() {
     let cp = ControlPlane::start(&dir).await;
     let register = || RegisterRequest {
         node: Some(node_info("intruder", "eu")),
+        state_lost: false,
     };
 
     // Membership: a wrong token, the operator token, and no token at all.

@@ -82,6 +82,57 @@ async fn a_node_cut_off_from_the_control_plane_stops_owning_and_comes_back() {
     cluster.shutdown().await;
 }
 
+/// Cut off just long enough to fence itself, c registers again, usually before the
+/// control plane expired it. It dropped its channels when it fenced, so it registers as
+/// a node that lost its state: the view changes and a sends it its part again. Without
+/// that, c would own its channel again with no subscriber in it.
+#[tokio::test]
+async fn a_node_fenced_for_a_moment_gets_its_channels_back() {
+    let mut cluster = Cluster::empty(MeshTransport::Quic).await;
+    let proxy = Proxy::start(cluster.cp.addr).await;
+    cluster.add_node("a", |_| {}).await;
+    cluster.add_node("b", |_| {}).await;
+    cluster.add_node_at("c", &proxy.endpoint(), |_| {}).await;
+    cluster.ready().await;
+    let channel = owned_by("c", "blip-");
+    let mut reader = cluster.node("a").connect(KEY).await;
+    subscribe_public(&mut reader, &channel).await;
+
+    proxy.cut();
+    let c = cluster.node("c");
+    eventually("c to fence itself", Duration::from_secs(3), || async {
+        (metric(c, "relaymesh_fenced").await == Some(1.0)).then_some(())
+    })
+    .await;
+    proxy.mend();
+    eventually(
+        "c to register again and be ready",
+        Duration::from_secs(10),
+        || async {
+            (c.readyz().await == 200 && metric(c, "relaymesh_fenced").await == Some(0.0))
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        "c to hold a's subscriber again",
+        Duration::from_secs(10),
+        || async {
+            let (status, info) = channel_info(c, &channel, "subscription_count").await;
+            (status == 200 && info["subscription_count"] == 1).then_some(())
+        },
+    )
+    .await;
+    let (status, answer) = trigger(cluster.node("b"), &[&channel], "after-blip", "z").await;
+    assert_eq!(status, 200, "{answer}");
+    let mut seen = 0;
+    while let Some(frame) = reader.next_within(Duration::from_millis(500)).await {
+        seen += usize::from(frame.event == "after-blip");
+    }
+    assert_eq!(seen, 1);
+    cluster.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_data_plane_keeps_going_while_the_control_plane_is_down() {
     let mut cluster = Cluster::empty(MeshTransport::Quic).await;

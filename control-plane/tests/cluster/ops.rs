@@ -171,6 +171,7 @@ async fn ops_owner_totals_drain_and_bad_requests() {
     let r = member
         .register(RegisterRequest {
             node: Some(empty_id.clone()),
+            state_lost: false,
         })
         .await;
     assert_eq!(status_code("empty node_id", r), Code::InvalidArgument);
@@ -179,10 +180,16 @@ async fn ops_owner_totals_drain_and_bad_requests() {
     let r = member
         .register(RegisterRequest {
             node: Some(empty_id),
+            state_lost: false,
         })
         .await;
     assert_eq!(status_code("empty region", r), Code::InvalidArgument);
-    let r = member.register(RegisterRequest { node: None }).await;
+    let r = member
+        .register(RegisterRequest {
+            node: None,
+            state_lost: false,
+        })
+        .await;
     assert_eq!(status_code("no node", r), Code::InvalidArgument);
     for (app_id, channel) in [
         (app.id.as_str(), "bad channel!"),

@@ -293,6 +293,7 @@ impl Registrant {
         let lease = client
             .register(RegisterRequest {
                 node: Some(node_info(node_id, region)),
+                state_lost: false,
             })
             .await
             .expect("register")

@@ -152,12 +152,17 @@ async fn follow(
     let token = BearerToken::new(&shared.config.control_plane.join_token)
         .map_err(|_| FollowError::Token)?;
     let mut client = MembershipClient::with_interceptor(channel, token);
+    let state_lost = shared.lease.lost_state();
     let lease = client
         .register(RegisterRequest {
             node: Some(info.clone()),
+            state_lost,
         })
         .await?
         .into_inner();
+    if state_lost {
+        shared.lease.state_reported();
+    }
     *registered = true;
     let ttl = Duration::from_millis(lease.ttl_ms);
     let heartbeat = Duration::from_millis(lease.heartbeat_ms.max(10));

@@ -18,6 +18,8 @@ struct LeaseState {
     registrations: u64,
     /// When this node last saw the control plane out for everyone.
     outage_seen_at: Option<Instant>,
+    /// The node dropped its owner state (fenced) since it last registered.
+    state_lost: bool,
 }
 
 impl Lease {
@@ -38,6 +40,21 @@ impl Lease {
         let mut state = self.lock();
         state.registrations += 1;
         state.registrations > 1
+    }
+
+    /// The node dropped its owner state: its next registration says so.
+    pub fn state_lost(&self) {
+        self.lock().state_lost = true;
+    }
+
+    /// Whether the node dropped its owner state since it last registered.
+    pub fn lost_state(&self) -> bool {
+        self.lock().state_lost
+    }
+
+    /// A registration that said so was answered.
+    pub fn state_reported(&self) {
+        self.lock().state_lost = false;
     }
 
     /// When the lease was last renewed.
