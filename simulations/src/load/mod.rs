@@ -21,7 +21,7 @@
 //! | one file per scenario | `scenario/` |
 
 mod args;
-mod client;
+pub(crate) mod client;
 mod connection;
 mod cpu;
 mod deliveries;

@@ -7,18 +7,16 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use relaymesh_proto::signing;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::load::client::{self, Ws};
 
 use super::cluster::{APP, KEY, SECRET};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -126,37 +124,23 @@ struct Open {
 /// Connects to `addr`, subscribes (as `user` on a presence channel), and returns the open
 /// socket with its session.
 async fn open(node: &str, addr: &str, channel: &str, user: Option<&str>) -> Result<Open, String> {
-    let url = format!("ws://{addr}/app/{KEY}?protocol=7&client=js&version=8.6.0&flash=false");
-    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
-        .await
-        .map_err(|_| format!("connecting to {node} ({addr}) timed out"))?
-        .map_err(|e| format!("connecting to {node} ({addr}): {e}"))?;
-    let first = next_text(&mut ws).await?;
-    if first["event"] != "pusher:connection_established" {
-        return Err(format!("{node} answered {first}"));
-    }
-    let data: Value =
-        serde_json::from_str(first["data"].as_str().unwrap_or("{}")).unwrap_or_default();
-    let socket_id = data["socket_id"].as_str().unwrap_or_default().to_owned();
-    let subscribe = match user {
-        None => json!({"event":"pusher:subscribe","data":{"channel":channel}}),
-        Some(user) => {
-            let channel_data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
-            let to_sign = signing::channel_string_to_sign(&socket_id, channel, Some(&channel_data));
-            let auth = signing::sign_auth(KEY, SECRET, &to_sign);
-            json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":channel_data}})
-        }
+    let app = client::App {
+        id: APP.into(),
+        key: KEY.into(),
+        secret: SECRET.into(),
     };
-    ws.send(Message::text(subscribe.to_string()))
+    let endpoint = client::Endpoint::new(node, &format!("ws://{addr}"), KEY)
+        .map_err(|e| format!("{node} ({addr}): {e}"))?;
+    let mut connection = client::connect(&endpoint, None, WAIT)
         .await
-        .map_err(|e| format!("subscribing on {node}: {e}"))?;
-    let answer = next_text(&mut ws).await?;
-    if answer["event"] != "pusher_internal:subscription_succeeded" {
-        return Err(format!("subscribing to {channel} on {node}: {answer}"));
-    }
+        .map_err(|e| format!("connecting to {node} ({addr}): {e}"))?;
+    let channel_data =
+        user.map(|user| json!({"user_id": user, "user_info": {"name": user}}).to_string());
+    let data = connection
+        .subscribe(&app, channel, channel_data.as_deref(), WAIT)
+        .await
+        .map_err(|e| format!("subscribing to {channel} on {node}: {e}"))?;
     let subscribed_at = Instant::now();
-    let data: Value =
-        serde_json::from_str(answer["data"].as_str().unwrap_or("{}")).unwrap_or_default();
     let mut roster: Vec<String> = data["presence"]["ids"]
         .as_array()
         .map(|ids| {
@@ -167,29 +151,16 @@ async fn open(node: &str, addr: &str, channel: &str, user: Option<&str>) -> Resu
         .unwrap_or_default();
     roster.sort();
     Ok(Open {
-        ws,
+        ws: connection.ws,
         session: Session {
             node: node.to_owned(),
-            socket_id,
+            socket_id: connection.socket_id,
             subscribed_at,
             roster,
             seen: Vec::new(),
             closed: None,
         },
     })
-}
-
-async fn next_text(ws: &mut Ws) -> Result<Value, String> {
-    loop {
-        let message = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .map_err(|_| "no frame within 5 s".to_owned())?
-            .ok_or("the connection ended")?
-            .map_err(|e| format!("websocket error: {e}"))?;
-        if let Message::Text(text) = message {
-            return serde_json::from_str(&text).map_err(|e| format!("invalid JSON {text}: {e}"));
-        }
-    }
 }
 
 fn seen(text: &str) -> Seen {
