@@ -17,17 +17,46 @@ async fn metric(node: &Node, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[tokio::test]
-async fn a_node_cut_off_from_the_control_plane_stops_owning_and_comes_back() {
+/// Nodes a and b, and c whose control-plane connection goes through a proxy the test can
+/// cut; a channel owned by c with a subscriber on a.
+async fn c_behind_a_proxy(prefix: &str) -> (Cluster, Proxy, String, Client) {
     let mut cluster = Cluster::empty(MeshTransport::Quic).await;
     let proxy = Proxy::start(cluster.cp.addr).await;
     cluster.add_node("a", |_| {}).await;
     cluster.add_node("b", |_| {}).await;
     cluster.add_node_at("c", &proxy.endpoint(), |_| {}).await;
     cluster.ready().await;
-    let channel = owned_by("c", "fenced-");
+    let channel = owned_by("c", prefix);
     let mut reader = cluster.node("a").connect(KEY).await;
     subscribe_public(&mut reader, &channel).await;
+    (cluster, proxy, channel, reader)
+}
+
+/// c, back in the cluster, holds a's subscriber again, and an event published through b
+/// reaches it once (events published while the channel moved may arrive first).
+async fn back_at_c(cluster: &Cluster, channel: &str, reader: &mut Client, event: &str) {
+    let c = cluster.node("c");
+    eventually(
+        "c to hold a's subscriber again",
+        Duration::from_secs(15),
+        || async {
+            let (status, info) = channel_info(c, channel, "subscription_count").await;
+            (status == 200 && info["subscription_count"] == 1).then_some(())
+        },
+    )
+    .await;
+    let (status, answer) = trigger(cluster.node("b"), &[channel], event, "z").await;
+    assert_eq!(status, 200, "{answer}");
+    let mut seen = 0;
+    while let Some(frame) = reader.next_within(Duration::from_millis(500)).await {
+        seen += usize::from(frame.event == event);
+    }
+    assert_eq!(seen, 1);
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_the_control_plane_stops_owning_and_comes_back() {
+    let (cluster, proxy, channel, mut reader) = c_behind_a_proxy("fenced-").await;
 
     proxy.cut();
     let c = cluster.node("c");
@@ -62,23 +91,7 @@ async fn a_node_cut_off_from_the_control_plane_stops_owning_and_comes_back() {
     )
     .await;
     assert_eq!(metric(c, "relaymesh_fenced").await, Some(0.0));
-    eventually(
-        "the channel to come back to c",
-        Duration::from_secs(15),
-        || async {
-            let (status, info) = channel_info(c, &channel, "subscription_count").await;
-            (status == 200 && info["subscription_count"] == 1).then_some(())
-        },
-    )
-    .await;
-    let (status, _) = trigger(b, &[&channel], "back", "z").await;
-    assert_eq!(status, 200);
-    // Events published while the channel moved may arrive first; "back" must come once.
-    let mut backs = 0;
-    while let Some(frame) = reader.next_within(Duration::from_millis(500)).await {
-        backs += usize::from(frame.event == "back");
-    }
-    assert_eq!(backs, 1);
+    back_at_c(&cluster, &channel, &mut reader, "back").await;
     cluster.shutdown().await;
 }
 
@@ -88,15 +101,7 @@ async fn a_node_cut_off_from_the_control_plane_stops_owning_and_comes_back() {
 /// that, c would own its channel again with no subscriber in it.
 #[tokio::test]
 async fn a_node_fenced_for_a_moment_gets_its_channels_back() {
-    let mut cluster = Cluster::empty(MeshTransport::Quic).await;
-    let proxy = Proxy::start(cluster.cp.addr).await;
-    cluster.add_node("a", |_| {}).await;
-    cluster.add_node("b", |_| {}).await;
-    cluster.add_node_at("c", &proxy.endpoint(), |_| {}).await;
-    cluster.ready().await;
-    let channel = owned_by("c", "blip-");
-    let mut reader = cluster.node("a").connect(KEY).await;
-    subscribe_public(&mut reader, &channel).await;
+    let (cluster, proxy, channel, mut reader) = c_behind_a_proxy("blip-").await;
 
     proxy.cut();
     let c = cluster.node("c");
@@ -114,22 +119,7 @@ async fn a_node_fenced_for_a_moment_gets_its_channels_back() {
         },
     )
     .await;
-    eventually(
-        "c to hold a's subscriber again",
-        Duration::from_secs(10),
-        || async {
-            let (status, info) = channel_info(c, &channel, "subscription_count").await;
-            (status == 200 && info["subscription_count"] == 1).then_some(())
-        },
-    )
-    .await;
-    let (status, answer) = trigger(cluster.node("b"), &[&channel], "after-blip", "z").await;
-    assert_eq!(status, 200, "{answer}");
-    let mut seen = 0;
-    while let Some(frame) = reader.next_within(Duration::from_millis(500)).await {
-        seen += usize::from(frame.event == "after-blip");
-    }
-    assert_eq!(seen, 1);
+    back_at_c(&cluster, &channel, &mut reader, "after-blip").await;
     cluster.shutdown().await;
 }
 
