@@ -26,7 +26,7 @@ pub async fn drain(shared: Arc<Shared>) {
                 {
                     let view = shared.view.borrow();
                     let draining = view.state_of(&shared.node_id) == Some(NodeState::Draining);
-                    if draining && shared.progress.everyone_done(&view) >= view.version {
+                    if draining && shared.cluster().everyone_done() >= view.version {
                         return;
                     }
                 }

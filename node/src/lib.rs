@@ -6,6 +6,7 @@
 //! [`NodeHandle::shutdown`] stops the node.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod drain;
 pub mod edge;
@@ -20,21 +21,22 @@ pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use relaymesh_proto::codes::ErrorCode;
+use relaymesh_proto::mesh::Reply;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::Apps;
+use crate::cluster::{ClusterView, Core};
 use crate::config::Config;
 use crate::edge::outbox::SocketId;
-use crate::membership::ClusterView;
 use crate::telemetry::NodeStats;
 
 /// State shared by every connection and request of one node.
@@ -50,21 +52,13 @@ pub struct Shared {
     pub stats: Arc<NodeStats>,
     /// Mesh links to the other nodes (empty without `[mesh]`).
     pub peers: mesh::peers::Peers,
-    /// Requests of this node waiting for channel owners.
-    pub requests: route::Requests,
     /// Random per process: tells a restarted node from the one before it.
     pub incarnation: u64,
-    /// Which view each member finished rebalancing for.
-    pub progress: rebalance::Progress,
-    /// The newest view whose resyncs this node all sent.
-    pub resynced: AtomicU64,
-    /// Send this node's part of every channel to its owner at the next chance (after a
-    /// re-registration, or when a resync could not be sent).
-    pub resync_all: AtomicBool,
-    /// This node's lease with the control plane.
-    pub lease: membership::Lease,
-    /// Set while the node must not own channels (`rebalance::must_fence`).
-    pub fenced: AtomicBool,
+    /// The cluster core: lease, fencing, other nodes' progress, waiting requests. Its
+    /// shell is `rebalance.rs`.
+    cluster: Mutex<Core<oneshot::Sender<Reply>>>,
+    /// Where the node's time comes from.
+    clock: Clock,
     /// Set when the node wants the control plane to mark it draining.
     pub drain_requested: watch::Sender<bool>,
     /// Set when a drain finished: the process may exit.
@@ -75,7 +69,84 @@ pub struct Shared {
     draining: AtomicBool,
 }
 
+/// The time every decision of the node is made at: the system's, or one a deterministic
+/// test moves by hand.
+pub enum Clock {
+    System,
+    Manual(Mutex<Instant>),
+}
+
+/// What tells one node's process apart; random unless a deterministic test chooses.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    pub incarnation: u64,
+    /// First half of every socket id of this node.
+    pub socket_node: u64,
+}
+
+impl Identity {
+    pub fn random() -> Identity {
+        Identity {
+            incarnation: rand::random::<u64>() | 1,
+            socket_node: rand::random::<u32>() as u64,
+        }
+    }
+}
+
 impl Shared {
+    /// The node's state before any task runs: `start` spawns the tasks around it, and a
+    /// deterministic test drives it by hand.
+    pub fn new(config: Config, identity: Identity, clock: Clock) -> std::io::Result<Shared> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.webhooks.timeout_ms))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let stats = Arc::new(NodeStats::default());
+        let node_id = config
+            .control_plane
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+        let standalone = config.control_plane.endpoint.is_none();
+        Ok(Shared {
+            apps: Apps::new(&config, &http, stats.clone()),
+            config,
+            metrics: telemetry::handle(),
+            cluster: Mutex::new(Core::new(node_id.clone(), standalone)),
+            node_id,
+            view: watch::Sender::new(Arc::new(ClusterView::default())),
+            stats,
+            peers: mesh::peers::Peers::default(),
+            incarnation: identity.incarnation,
+            clock,
+            drain_requested: watch::Sender::new(false),
+            drained: watch::Sender::new(false),
+            socket_node: identity.socket_node,
+            next_socket: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn now(&self) -> Instant {
+        match &self.clock {
+            Clock::System => Instant::now(),
+            Clock::Manual(at) => *at.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Moves a manual clock to `at` (a system clock ignores it).
+    pub fn set_now(&self, at: Instant) {
+        if let Clock::Manual(now) = &self.clock {
+            *now.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        }
+    }
+
+    /// The cluster core; held only for one decision, never across an await.
+    pub fn cluster(&self) -> MutexGuard<'_, Core<oneshot::Sender<Reply>>> {
+        // Each decision leaves the core consistent: a poisoned lock is still valid.
+        self.cluster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn next_socket_id(&self) -> SocketId {
         SocketId {
             node: self.socket_node,
@@ -95,7 +166,7 @@ impl Shared {
     /// Lost its lease while the cluster goes on: another node may own its channels now,
     /// so it must not act as an owner until it registers again.
     pub fn is_fenced(&self) -> bool {
-        self.fenced.load(Ordering::Relaxed)
+        self.cluster().is_fenced()
     }
 
     /// Stops taking new connections (`/readyz` answers 503).
@@ -187,37 +258,7 @@ impl Drop for NodeHandle {
 /// Starts a node on `listener`. Must be called inside a tokio runtime.
 pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandle> {
     let local_addr = listener.local_addr()?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(config.webhooks.timeout_ms))
-        .build()
-        .map_err(std::io::Error::other)?;
-    let stats = Arc::new(NodeStats::default());
-    let node_id = config
-        .control_plane
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
-    let shared = Arc::new(Shared {
-        apps: Apps::new(&config, &http, stats.clone()),
-        config,
-        metrics: telemetry::handle(),
-        node_id,
-        view: watch::Sender::new(Arc::new(ClusterView::default())),
-        stats,
-        peers: mesh::peers::Peers::default(),
-        requests: route::Requests::default(),
-        incarnation: rand::random::<u64>() | 1,
-        progress: rebalance::Progress::default(),
-        resynced: AtomicU64::new(0),
-        resync_all: AtomicBool::new(false),
-        lease: membership::Lease::default(),
-        fenced: AtomicBool::new(false),
-        drain_requested: watch::Sender::new(false),
-        drained: watch::Sender::new(false),
-        socket_node: rand::random::<u32>() as u64,
-        next_socket: AtomicU64::new(1),
-        draining: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(config, Identity::random(), Clock::System)?);
     let (stop, stopped) = watch::channel(false);
     let mut mesh_addr = None;
     let mut mesh_task = None;

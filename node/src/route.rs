@@ -8,9 +8,7 @@
 //! [`receive`]. Without `[mesh]` the node owns every channel, so a standalone node takes
 //! the same path without a single encoded message.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +21,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::app::App;
+use crate::cluster::requests::{RequestError, Waiter};
 use crate::edge::outbox::SocketId;
 use crate::hub::Sender;
 use crate::owner::{Origin, Sink};
@@ -31,8 +30,6 @@ use crate::{telemetry, Shared};
 
 /// How long an HTTP call waits for the owner's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Requests waiting for an answer, node-wide; more are refused as busy.
-const REQUESTS_MAX: usize = 65_536;
 /// Forwards of one message; views that disagree for longer cannot bounce it forever.
 const HOPS_MAX: u32 = 2;
 /// How long a subscription waits for its owner before the client gets an error.
@@ -58,47 +55,29 @@ pub enum RouteError {
     Moving(String),
 }
 
-/// A request's id → the node it waits for and where its answer goes.
-type Waiters = HashMap<u64, (Arc<str>, oneshot::Sender<Reply>)>;
+impl Waiter for oneshot::Sender<Reply> {
+    fn answer(self, reply: Reply) {
+        let _ = self.send(reply);
+    }
 
-/// Requests of this node waiting for a [`Reply`].
-#[derive(Default)]
-pub struct Requests {
-    next: AtomicU64,
-    waiting: Mutex<Waiters>,
+    fn is_gone(&self) -> bool {
+        self.is_closed()
+    }
 }
 
-impl Requests {
-    fn lock(&self) -> MutexGuard<'_, Waiters> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn register(&self, node: &str) -> Result<(u64, oneshot::Receiver<Reply>), RouteError> {
-        let mut waiting = self.lock();
-        if waiting.len() >= REQUESTS_MAX {
-            return Err(RouteError::TooManyRequests);
-        }
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        waiting.insert(id, (node.into(), tx));
-        Ok((id, rx))
-    }
-
-    fn complete(&self, reply: Reply) {
-        if let Some((_, tx)) = self.lock().remove(&reply.request_id) {
-            let _ = tx.send(reply);
+impl From<RequestError> for RouteError {
+    fn from(e: RequestError) -> RouteError {
+        match e {
+            RequestError::TooMany => RouteError::TooManyRequests,
         }
     }
+}
 
-    fn cancel(&self, id: u64) {
-        self.lock().remove(&id);
-    }
-
-    /// Fails every request waiting for `node` (its link went down).
-    pub fn fail_node(&self, node: &str) {
-        self.lock()
-            .retain(|_, (waiting_for, _)| &**waiting_for != node);
-    }
+/// Registers a request to `node`: its id and where its answer arrives.
+fn register(shared: &Shared, node: &str) -> Result<(u64, oneshot::Receiver<Reply>), RouteError> {
+    let (tx, rx) = oneshot::channel();
+    let id = shared.cluster().requests.register(node, tx)?;
+    Ok((id, rx))
 }
 
 /// Which node owns `channel`: `None` for this node.
@@ -108,8 +87,8 @@ fn owner_of(shared: &Shared, app_id: &str, channel: &str) -> Result<Option<Strin
         return Ok(None);
     }
     let view = shared.view.borrow();
-    // Before its first view, or while no member is active yet, there is no owner.
-    match view.ring().owner(app_id, channel) {
+    // Before its first view, or while no node is active yet, there is no owner.
+    match view.owner_of(app_id, channel) {
         None => Err(RouteError::NotInCluster),
         Some(owner) if owner == shared.node_id && shared.is_fenced() => {
             Err(RouteError::Fenced(owner.to_owned()))
@@ -146,7 +125,7 @@ fn me(shared: &Shared) -> Origin<'_> {
     }
 }
 
-fn dropped(peer: &str, reason: &'static str) {
+pub(crate) fn dropped(peer: &str, reason: &'static str) {
     metrics::counter!(telemetry::MESH_DROPPED, "peer" => peer.to_owned(), "reason" => reason)
         .increment(1);
 }
@@ -175,7 +154,7 @@ fn send(shared: &Shared, node: &str, envelope: &Envelope) -> Result<(), RouteErr
 pub fn to_owner(shared: &Shared, app: &App, channel: &str, body: Body) -> Result<(), RouteError> {
     match owner_of(shared, &app.id, channel)? {
         None => {
-            owner_receive(shared, app, me(shared), channel, body);
+            owner_receive(shared, app, shared.now(), me(shared), channel, body);
             Ok(())
         }
         Some(node) => send(shared, &node, &envelope(shared, &app.id, channel, body)),
@@ -201,7 +180,7 @@ pub fn begin(
 ) -> Result<Waiting, RouteError> {
     let owner = owner_of(shared, &app.id, channel)?;
     let node = owner.as_deref().unwrap_or(&shared.node_id);
-    let (id, answer) = shared.requests.register(node)?;
+    let (id, answer) = register(shared, node)?;
     let waiting = Waiting {
         id,
         node: node.to_owned(),
@@ -210,7 +189,7 @@ pub fn begin(
         local: owner.is_none(),
     };
     if let Err(e) = to_owner(shared, app, channel, make(id)) {
-        shared.requests.cancel(id);
+        shared.cluster().requests.cancel(id);
         return Err(e);
     }
     Ok(waiting)
@@ -222,7 +201,7 @@ impl Waiting {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => return Err(RouteError::Unreachable(self.node)),
             Err(_) => {
-                shared.requests.cancel(self.id);
+                shared.cluster().requests.cancel(self.id);
                 return Err(RouteError::Timeout(self.node));
             }
         };
@@ -261,7 +240,7 @@ pub async fn list_channels(
 ) -> Result<Vec<ChannelEntry>, RouteError> {
     let mut nodes = vec![shared.node_id.clone()];
     if shared.config.mesh.listen.is_some() {
-        if shared.view.borrow().ring().is_empty() {
+        if shared.view.borrow().has_no_owner() {
             return Err(RouteError::NotInCluster);
         }
         // Active members own channels; draining ones may still hold theirs. Joining
@@ -277,16 +256,16 @@ pub async fn list_channels(
     }
     let mut asked = Vec::with_capacity(nodes.len());
     for node in nodes {
-        let (id, answer) = shared.requests.register(&node)?;
+        let (id, answer) = register(shared, &node)?;
         let body = Body::ListChannels(ListChannels {
             request_id: id,
             prefix: prefix.to_owned(),
         });
         let local = node == shared.node_id;
         if local {
-            owner_receive(shared, app, me(shared), "", body);
+            owner_receive(shared, app, shared.now(), me(shared), "", body);
         } else if let Err(e) = send(shared, &node, &envelope(shared, &app.id, "", body)) {
-            shared.requests.cancel(id);
+            shared.cluster().requests.cancel(id);
             return Err(e);
         }
         asked.push(Waiting {
@@ -327,9 +306,16 @@ impl Sink for Dispatch<'_> {
     }
 }
 
-fn owner_receive(shared: &Shared, app: &App, origin: Origin<'_>, channel: &str, body: Body) {
+fn owner_receive(
+    shared: &Shared,
+    app: &App,
+    now: Instant,
+    origin: Origin<'_>,
+    channel: &str,
+    body: Body,
+) {
     let mut dispatch = Dispatch { shared, app };
-    app.owner.handle(origin, channel, body, &mut dispatch);
+    app.owner.handle(now, origin, channel, body, &mut dispatch);
 }
 
 /// An edge-bound message from an owner (this node's or another's).
@@ -345,7 +331,7 @@ fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body, sender: S
                 app.hub.complete(channel, socket, accepted, frames, roster);
             }
         }
-        Body::Reply(reply) => shared.requests.complete(reply),
+        Body::Reply(reply) => shared.cluster().requests.complete(reply),
         Body::CloseSockets(_) => {
             let code = ErrorCode::Unauthorized.as_u16();
             let closed =
@@ -388,27 +374,10 @@ fn request_id(body: &Body) -> u64 {
     }
 }
 
-/// One frame from the link to `peer`.
-pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
-    let mut envelope = match Envelope::decode(frame) {
-        Ok(envelope) => envelope,
-        Err(e) => {
-            tracing::warn!(peer, error = %e, "undecodable mesh message");
-            return dropped(peer, "malformed");
-        }
-    };
-    let Some(body) = envelope.body.take() else {
-        return dropped(peer, "empty");
-    };
-    if let Body::Synced(synced) = body {
-        let renewed_ago = synced.lease_renewed_ms_ago.map(Duration::from_millis);
-        return crate::rebalance::synced(
-            shared,
-            &envelope.origin,
-            synced.view_version,
-            renewed_ago,
-        );
-    }
+/// One message from another node (`rebalance::receive` decoded it and took the lease
+/// news): edge-bound ones go to the hub, owner-bound ones to the owner, or on to the owner
+/// of this node's newer view (at most [`HOPS_MAX`] hops).
+pub fn receive(shared: &Shared, now: Instant, peer: &str, envelope: Envelope, body: Body) {
     let Some(app) = shared.apps.by_id(&envelope.app_id) else {
         dropped(peer, "unknown_app");
         let id = request_id(&body);
@@ -429,7 +398,7 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
         view_version: envelope.view_version,
     };
     if matches!(body, Body::ListChannels(_)) {
-        return owner_receive(shared, &app, origin, "", body);
+        return owner_receive(shared, &app, now, origin, "", body);
     }
     if !is_owner_bound(&body) {
         let sender = Some((envelope.origin.as_str(), envelope.view_version));
@@ -459,7 +428,7 @@ pub fn receive(shared: &Shared, peer: &str, frame: Bytes) {
             return;
         }
     }
-    owner_receive(shared, &app, origin, &envelope.channel, body);
+    owner_receive(shared, &app, now, origin, &envelope.channel, body);
 }
 
 /// Why an owner-bound message is refused.
@@ -514,9 +483,9 @@ fn refuse(shared: &Shared, envelope: &Envelope, body: &Body, why: Refusal) {
     let _ = send(shared, &envelope.origin, &answer);
 }
 
-/// Sends `body` to the edge of every other member of the view that has a link.
-pub(crate) fn to_every_member(shared: &Shared, body: Body) {
-    let members: Vec<String> = shared
+/// Sends `body` to every other node of the view that has a link.
+pub(crate) fn to_every_node(shared: &Shared, body: Body) {
+    let nodes: Vec<String> = shared
         .view
         .borrow()
         .members
@@ -525,8 +494,8 @@ pub(crate) fn to_every_member(shared: &Shared, body: Body) {
         .cloned()
         .collect();
     let envelope = envelope(shared, "", "", body);
-    for node in members {
-        // A member without a link is settled by the deadline instead.
+    for node in nodes {
+        // A node without a link is settled by the deadline instead.
         let _ = send(shared, &node, &envelope);
     }
 }
@@ -559,21 +528,28 @@ pub fn mesh_complete(shared: &Shared) -> bool {
         .all(|(id, _)| shared.peers.link(id).is_some())
 }
 
-/// Once a second: sends throttled subscription counts and fails subscriptions whose owner
-/// did not answer. Ends with the node.
+/// How often throttled counts are flushed and late subscriptions failed.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Every [`TICK`]: [`tick`]. Ends with the node.
 pub fn spawn_ticker(shared: Weak<Shared>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut interval = tokio::time::interval(TICK);
         loop {
-            tick.tick().await;
+            interval.tick().await;
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            for app in shared.apps.all() {
-                tick_app(&shared, &app);
-            }
+            tick(&shared, shared.now());
         }
     });
+}
+
+/// Sends throttled subscription counts and fails subscriptions whose owner did not answer.
+pub fn tick(shared: &Shared, now: Instant) {
+    for app in shared.apps.all() {
+        tick_app(shared, &app, now);
+    }
 }
 
 /// Sends the subscriptions whose owner could not be reached again (on every tick and
@@ -592,8 +568,7 @@ pub fn retry_unsent(shared: &Shared) {
     }
 }
 
-fn tick_app(shared: &Shared, app: &App) {
-    let now = Instant::now();
+fn tick_app(shared: &Shared, app: &App, now: Instant) {
     if app.config().subscription_count {
         let mut dispatch = Dispatch { shared, app };
         app.owner.flush_subscription_counts(now, &mut dispatch);

@@ -602,13 +602,15 @@ async fn a_message_for_another_owner_is_forwarded() {
     let moved = format!(r#"{{"event":"moved","channel":"{channel}","data":"via c"}}"#);
     let late = format!(r#"{{"event":"late","channel":"{channel}","data":"hops used up"}}"#);
     // As if b, with an older view that named c the owner, sent it to c.
-    relaymesh_node::route::receive(
+    relaymesh_node::rebalance::receive(
         c.handle.shared(),
+        std::time::Instant::now(),
         "b",
         stale_publish(&channel, &late, 2).into(),
     );
-    relaymesh_node::route::receive(
+    relaymesh_node::rebalance::receive(
         c.handle.shared(),
+        std::time::Instant::now(),
         "b",
         stale_publish(&channel, &moved, 0).into(),
     );

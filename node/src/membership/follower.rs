@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Endpoint;
 
-use super::view::{ClusterView, ViewError};
-use crate::Shared;
+use crate::cluster::view::{ClusterView, ViewError};
+use crate::cluster::Input;
+use crate::{rebalance, Shared};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// Short: a node that cannot reach the control plane while others do is fenced, so it must
@@ -91,8 +92,12 @@ async fn run(
         }
         // A node whose lease is in doubt retries every heartbeat: when the control plane
         // comes back, the last node to register again is the one that may be fenced.
-        if shared.lease.in_doubt() {
-            backoff = backoff.min(shared.lease.heartbeat().max(BACKOFF_FIRST));
+        let heartbeat = {
+            let core = shared.cluster();
+            core.lease_in_doubt(shared.now()).then(|| core.heartbeat())
+        };
+        if let Some(heartbeat) = heartbeat {
+            backoff = backoff.min(heartbeat.max(BACKOFF_FIRST));
         }
         let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
         tokio::select! {
@@ -152,7 +157,7 @@ async fn follow(
     let token = BearerToken::new(&shared.config.control_plane.join_token)
         .map_err(|_| FollowError::Token)?;
     let mut client = MembershipClient::with_interceptor(channel, token);
-    let state_lost = shared.lease.lost_state();
+    let state_lost = shared.cluster().state_lost();
     let lease = client
         .register(RegisterRequest {
             node: Some(info.clone()),
@@ -160,19 +165,15 @@ async fn follow(
         })
         .await?
         .into_inner();
-    if state_lost {
-        shared.lease.state_reported();
-    }
     *registered = true;
     let ttl = Duration::from_millis(lease.ttl_ms);
     let heartbeat = Duration::from_millis(lease.heartbeat_ms.max(10));
-    shared.lease.renewed(ttl, heartbeat);
-    // At once: owners that see this node again may send it their parts right away.
-    crate::rebalance::fence(shared);
-    if shared.lease.registered_before() {
-        // Owners may have removed this node's sockets while it was away.
-        shared.resync_all.store(true, Ordering::Relaxed);
-    }
+    let answered = Input::Registered {
+        ttl,
+        heartbeat,
+        reported_state_lost: state_lost,
+    };
+    rebalance::input(shared, shared.now(), answered);
     tracing::info!(
         node_id = info.node_id,
         ttl_ms = lease.ttl_ms,
@@ -197,7 +198,7 @@ async fn follow(
             }
             answer = answers.message() => {
                 answer?.ok_or(FollowError::Ended("keepalive"))?;
-                shared.lease.renewed(ttl, heartbeat);
+                rebalance::input(shared, shared.now(), Input::Renewed);
             }
             update = updates.message() => {
                 let update = update?.ok_or(FollowError::Ended("watch"))?;

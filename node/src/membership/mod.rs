@@ -3,9 +3,5 @@
 //! without locks; when the control plane is gone the node keeps its last view.
 
 mod follower;
-mod lease;
-pub mod view;
 
 pub use follower::spawn;
-pub use lease::Lease;
-pub use view::ClusterView;

@@ -115,12 +115,13 @@ fn adopt(shared: &Arc<Shared>, link: Link) {
     set_up(&peer, true);
     let this_link = sender.downgrade();
     shared.peers.lock().insert(peer.clone(), sender);
-    crate::route::retry_unsent(shared);
+    let up = crate::cluster::Input::LinkUp(peer.clone());
+    crate::rebalance::input(shared, shared.now(), up);
     let shared = shared.clone();
     tokio::spawn(async move {
         while let Some(frame) = inbound.recv().await {
             count_in(&peer, &frame);
-            crate::route::receive(&shared, &peer, frame);
+            crate::rebalance::receive(&shared, shared.now(), &peer, frame);
         }
         let mut links = shared.peers.lock();
         // Only forget it if a newer link has not replaced it: a replaced link ending says
@@ -131,7 +132,8 @@ fn adopt(shared: &Arc<Shared>, link: Link) {
         }
         drop(links);
         if current {
-            shared.requests.fail_node(&peer);
+            let down = crate::cluster::Input::LinkDown(peer.clone());
+            crate::rebalance::input(&shared, shared.now(), down);
             tracing::info!(peer, "mesh link down");
             set_up(&peer, false);
         } else {

@@ -30,9 +30,9 @@ use relaymesh_proto::mesh::{
 use serde_json::value::RawValue;
 
 use crate::app::SharedAppConfig;
+use crate::cluster::ClusterView;
 use crate::edge::outbox::SocketId;
 use crate::edge::ws::codec;
-use crate::membership::ClusterView;
 use crate::telemetry;
 use crate::webhooks::WebhookEvent;
 pub use presence::Roster;
@@ -325,8 +325,8 @@ impl Owner {
         let takeover = self.takeover();
         let t = takeover.as_ref()?;
         let me = Some(&*t.me);
-        let moved_here = t.previous.ring().owner(&self.app_id, channel) != me
-            && t.current.ring().owner(&self.app_id, channel) == me;
+        let moved_here = t.previous.owner_of(&self.app_id, channel) != me
+            && t.current.owner_of(&self.app_id, channel) == me;
         (moved_here && t.since.elapsed() < deadline).then_some(t.version)
     }
 
@@ -347,7 +347,14 @@ impl Owner {
     }
 
     /// Handles one owner-bound message about `channel` from `origin`.
-    pub fn handle(&self, origin: Origin<'_>, channel: &str, body: Body, sink: &mut dyn Sink) {
+    pub fn handle(
+        &self,
+        _now: Instant,
+        origin: Origin<'_>,
+        channel: &str,
+        body: Body,
+        sink: &mut dyn Sink,
+    ) {
         if let Body::ListChannels(l) = body {
             let answer = Reply {
                 request_id: l.request_id,
@@ -741,7 +748,13 @@ impl Owner {
     /// that have no socket left are removed (once), members nobody was told about are
     /// added, an empty channel is vacated; then the messages that waited are handled in
     /// order.
-    pub fn settle(&self, done_version: u64, deadline: Duration, sink: &mut dyn Sink) {
+    pub fn settle(
+        &self,
+        _now: Instant,
+        done_version: u64,
+        deadline: Duration,
+        sink: &mut dyn Sink,
+    ) {
         let now = Instant::now();
         {
             let mut takeover = self.takeover();
@@ -858,6 +871,7 @@ impl Owner {
     /// the view or restarted (a new incarnation) are removed like unsubscribes.
     pub fn follow_view(
         &self,
+        _now: Instant,
         me: &str,
         previous: &ClusterView,
         view: &ClusterView,
@@ -878,7 +892,6 @@ impl Owner {
             current: view.clone(),
             since: Instant::now(),
         });
-        let ring = view.ring();
         let alive = |node: &str, incarnation: u64| {
             node == me
                 || view
@@ -894,7 +907,7 @@ impl Owner {
                     .channels
                     .get(&name)
                     .is_some_and(|c| c.newest_view > view.version);
-                let elsewhere = ring.owner(&self.app_id, &name).is_some_and(|o| o != me);
+                let elsewhere = view.owner_of(&self.app_id, &name).is_some_and(|o| o != me);
                 if elsewhere && !newer {
                     shard.channels.remove(&name);
                     shard.count_pending.remove(&name);
@@ -1149,7 +1162,7 @@ mod tests {
             socket: Some(socket(seq).into()),
             member,
         });
-        owner.handle(origin(node), channel, body, &mut sink);
+        owner.handle(Instant::now(), origin(node), channel, body, &mut sink);
         sink
     }
 
@@ -1166,7 +1179,7 @@ mod tests {
         let body = Body::Unsubscribe(Unsubscribe {
             socket: Some(socket(seq).into()),
         });
-        owner.handle(origin("any"), channel, body, &mut sink);
+        owner.handle(Instant::now(), origin("any"), channel, body, &mut sink);
         sink
     }
 
@@ -1227,7 +1240,13 @@ mod tests {
                 frame: codec::text_frame("{}"),
                 ..Publish::default()
             };
-            owner.handle(origin("c"), "news", Body::Publish(publish), &mut sink);
+            owner.handle(
+                Instant::now(),
+                origin("c"),
+                "news",
+                Body::Publish(publish),
+                &mut sink,
+            );
         }
         let sent = sink.take().sent;
         let seqs: Vec<(String, u64)> = sent
@@ -1289,6 +1308,7 @@ mod tests {
             told_members: told.iter().map(|u| (*u).to_owned()).collect(),
         };
         owner.handle(
+            Instant::now(),
             origin(node),
             channel,
             Body::Resync(resync),
@@ -1314,19 +1334,25 @@ mod tests {
             frame: codec::text_frame("{}"),
             ..Publish::default()
         };
-        owner.handle(origin("c"), room, Body::Publish(publish), &mut held);
+        owner.handle(
+            Instant::now(),
+            origin("c"),
+            room,
+            Body::Publish(publish),
+            &mut held,
+        );
         assert!(
             held.sent.is_empty(),
             "a settling channel holds messages back"
         );
 
         let mut settled = Recorded::default();
-        owner.settle(0, Duration::from_secs(60), &mut settled);
+        owner.settle(Instant::now(), 0, Duration::from_secs(60), &mut settled);
         assert!(
             settled.sent.is_empty(),
             "not every node is done with view 1 yet"
         );
-        owner.settle(1, Duration::from_secs(60), &mut settled);
+        owner.settle(Instant::now(), 1, Duration::from_secs(60), &mut settled);
         let delivered = settled.delivered();
         assert_eq!(delivered.len(), 4, "{delivered:?}");
         assert!(delivered[..2]
@@ -1379,7 +1405,7 @@ mod tests {
         // c is gone, b restarted (another incarnation), a is this node.
         let mut sink = Recorded::default();
         let next = view(&[("a", 1), ("b", 2)]);
-        owner.follow_view("a", &next, &next, &mut sink);
+        owner.follow_view(Instant::now(), "a", &next, &next, &mut sink);
         // One member_removed per user, only to the node still there, one webhook each.
         let removed: Vec<(String, String)> = sink
             .delivered()
@@ -1400,8 +1426,8 @@ mod tests {
             request_id: 1,
             users: true,
         });
-        owner.handle(origin("a"), &mine, q.clone(), &mut query);
-        owner.handle(origin("a"), &theirs, q, &mut query);
+        owner.handle(Instant::now(), origin("a"), &mine, q.clone(), &mut query);
+        owner.handle(Instant::now(), origin("a"), &theirs, q, &mut query);
         let users: Vec<Vec<String>> = query
             .sent
             .iter()

@@ -68,8 +68,28 @@ impl ClusterView {
         Ok(())
     }
 
+    /// The node that owns `channel` of `app`: the only place that names an owner. `None`
+    /// while no node is active.
+    pub fn owner_of(&self, app_id: &str, channel: &str) -> Option<&str> {
+        self.ring().owner(app_id, channel)
+    }
+
+    /// Whether `channel` of `app` has another owner in this view than in `previous`, or an
+    /// owner that restarted (a new process knows nothing of the channel).
+    pub fn moved_since(&self, previous: &ClusterView, app_id: &str, channel: &str) -> bool {
+        let before = previous.owner_of(app_id, channel);
+        let after = self.owner_of(app_id, channel);
+        before != after
+            || after.is_some_and(|o| previous.incarnation_of(o) != self.incarnation_of(o))
+    }
+
+    /// Whether no node is active (so no channel has an owner).
+    pub fn has_no_owner(&self) -> bool {
+        self.ring().is_empty()
+    }
+
     /// The ring of the active members.
-    pub fn ring(&self) -> &Ring {
+    fn ring(&self) -> &Ring {
         self.ring.get_or_init(|| {
             let active = self
                 .members
@@ -143,7 +163,7 @@ mod tests {
             ..ViewUpdate::default()
         })
         .unwrap();
-        assert_eq!(view.ring().owner("1", "c"), Some("a"));
+        assert_eq!(view.owner_of("1", "c"), Some("a"));
         assert_eq!(view.app_configs()[0].max_connections, None);
         view.apply(ViewUpdate {
             version: 8,
@@ -168,6 +188,6 @@ mod tests {
         .unwrap();
         assert_eq!(view.state_of("a"), None);
         assert_eq!(view.state_of("b"), Some(NodeState::Joining));
-        assert!(view.ring().is_empty());
+        assert!(view.has_no_owner());
     }
 }

@@ -1,0 +1,558 @@
+//! The cluster core: what one node knows and decides about its cluster, as plain data.
+//!
+//! It holds the view the node follows, each other node's progress (the view it finished
+//! resyncing, when it last renewed its lease), this node's lease and fence state, whether
+//! its part of every channel still has to reach the owners, and the table of requests
+//! waiting for an owner's reply. [`Core::handle`] takes the time and one [`Input`] and
+//! returns the [`Output`]s for the shell (`rebalance.rs`) to carry out: no clock reads, no
+//! locks, no tasks here, so a test drives it step by step with a simulated clock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relaymesh_proto::control::{NodeState, OUTAGE_GRACE};
+use relaymesh_proto::mesh::Synced;
+
+use super::requests::{Requests, Waiter};
+use super::view::ClusterView;
+
+/// How long a fenced node keeps its clients, in case it registers again at once.
+pub const FENCED_CLIENTS_GRACE: Duration = Duration::from_secs(5);
+/// How often (in ticks) every other node hears when this node renewed its lease.
+const LEASE_NEWS_EVERY: u32 = 2;
+
+/// What the core is told.
+#[derive(Debug)]
+pub enum Input {
+    /// The control plane answered a registration (which said whether the node had
+    /// dropped its owner state).
+    Registered {
+        ttl: Duration,
+        heartbeat: Duration,
+        reported_state_lost: bool,
+    },
+    /// The control plane answered a keepalive.
+    Renewed,
+    /// The node follows a new view.
+    View(Arc<ClusterView>),
+    /// The shell sent this node's part of the channels of a [`Output::Resync`]; `complete`
+    /// is false when an owner could not be reached (everything goes again on a tick).
+    Resynced {
+        version: u64,
+        complete: bool,
+    },
+    /// Another node finished resyncing `version` and renewed its lease `renewed_ago`.
+    Synced {
+        from: String,
+        version: u64,
+        renewed_ago: Option<Duration>,
+    },
+    /// A mesh link to `node` came up or went down.
+    LinkUp(String),
+    LinkDown(String),
+    /// The periodic check (fencing, lease news, settling deadlines, retries).
+    Tick,
+}
+
+/// What the shell must do, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Owners drop what moved away and the sockets of gone nodes; edges send their part
+    /// of every moved channel (every channel when `all`) to its owner in `view`, then
+    /// report [`Input::Resynced`].
+    Resync {
+        previous: Arc<ClusterView>,
+        view: Arc<ClusterView>,
+        all: bool,
+    },
+    /// Subscriptions whose owner could not be reached go again.
+    RetryUnsent,
+    /// To every other node of the view.
+    TellNodes(Synced),
+    /// Rebuilt channels whose nodes are all done with `done` (or waited too long) settle.
+    Settle { done: u64 },
+    /// The node lost its lease while the cluster goes on: owners drop every channel.
+    Fence,
+    /// The node holds its lease again.
+    Unfence,
+    /// Fenced for [`FENCED_CLIENTS_GRACE`]: clients are asked to reconnect elsewhere.
+    SendClientsAway,
+}
+
+/// What this node heard from another node.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// The newest view it finished resyncing.
+    done: u64,
+    /// When it last renewed its lease, as far as this node can tell.
+    renewed_at: Option<Instant>,
+}
+
+/// This node's lease as the node sees it.
+#[derive(Debug, Default)]
+struct Lease {
+    /// When the last renewal was answered; `None` before the first registration.
+    renewed_at: Option<Instant>,
+    ttl: Duration,
+    heartbeat: Duration,
+    registrations: u64,
+    /// When this node last saw the control plane out for everyone.
+    outage_seen_at: Option<Instant>,
+    /// The node dropped its owner state (fenced) since it last registered.
+    state_lost: bool,
+}
+
+/// One node's cluster state. `W` is what a waiting request is answered through.
+pub struct Core<W> {
+    me: String,
+    /// Without a control plane the node is alone: never fenced, nothing to resync.
+    standalone: bool,
+    view: Arc<ClusterView>,
+    /// Bounded by the view: nodes that left are forgotten on the next view.
+    heard: HashMap<String, Heard>,
+    lease: Lease,
+    fenced: bool,
+    fenced_since: Option<Instant>,
+    /// The newest view whose resyncs this node all sent.
+    resynced: u64,
+    /// This node's part of every channel goes to its owner at the next tick (after a
+    /// re-registration, or when a resync could not be sent).
+    resync_all: bool,
+    /// Nodes with a live link (a node with none is cut off from the cluster).
+    linked: BTreeMap<String, ()>,
+    ticks: u32,
+    pub requests: Requests<W>,
+}
+
+impl<W: Waiter> Core<W> {
+    pub fn new(me: String, standalone: bool) -> Core<W> {
+        Core {
+            me,
+            standalone,
+            view: Arc::default(),
+            heard: HashMap::new(),
+            lease: Lease::default(),
+            fenced: false,
+            fenced_since: None,
+            resynced: 0,
+            resync_all: false,
+            linked: BTreeMap::new(),
+            ticks: 0,
+            requests: Requests::default(),
+        }
+    }
+
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Registered {
+                ttl,
+                heartbeat,
+                reported_state_lost,
+            } => {
+                self.lease.renewed_at = Some(now);
+                self.lease.ttl = ttl;
+                self.lease.heartbeat = heartbeat;
+                if reported_state_lost {
+                    self.lease.state_lost = false;
+                }
+                self.lease.registrations += 1;
+                // At once: owners that see this node again may send it their parts now.
+                self.check_fence(now, &mut out);
+                if self.lease.registrations > 1 {
+                    // Owners may have removed this node's sockets while it was away.
+                    self.resync_all = true;
+                }
+            }
+            Input::Renewed => self.lease.renewed_at = Some(now),
+            Input::View(view) => {
+                let previous = std::mem::replace(&mut self.view, view.clone());
+                self.heard.retain(|id, _| view.members.contains_key(id));
+                // Requests waiting for a node that left will not be answered.
+                for gone in previous.members.keys() {
+                    if !view.members.contains_key(gone) {
+                        self.requests.fail_node(gone);
+                    }
+                }
+                if !self.standalone {
+                    let all = std::mem::take(&mut self.resync_all);
+                    out.push(Output::Resync {
+                        previous,
+                        view,
+                        all,
+                    });
+                }
+            }
+            Input::Resynced { version, complete } => {
+                if complete {
+                    self.resynced = self.resynced.max(version);
+                } else {
+                    // Everything again on the next tick (owners ignore sockets they already
+                    // have); until then this node does not say it is done with the view.
+                    self.resync_all = true;
+                }
+                out.push(Output::RetryUnsent);
+                let me = self.me.clone();
+                self.record(&me, self.resynced, self.lease.renewed_at);
+                out.push(self.lease_news(now));
+                out.push(Output::Settle {
+                    done: self.everyone_done(),
+                });
+            }
+            Input::Synced {
+                from,
+                version,
+                renewed_ago,
+            } => {
+                let renewed_at = renewed_ago.and_then(|ago| now.checked_sub(ago));
+                self.record(&from, version, renewed_at);
+                out.push(Output::Settle {
+                    done: self.everyone_done(),
+                });
+            }
+            Input::LinkUp(node) => {
+                self.linked.insert(node, ());
+                out.push(Output::RetryUnsent);
+            }
+            Input::LinkDown(node) => {
+                self.linked.remove(&node);
+                self.requests.fail_node(&node);
+            }
+            Input::Tick => self.tick(now, &mut out),
+        }
+        out
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.ticks = self.ticks.wrapping_add(1);
+        self.requests.sweep();
+        if self.standalone {
+            return;
+        }
+        if self.ticks % LEASE_NEWS_EVERY == 0 {
+            out.push(self.lease_news(now));
+        }
+        self.check_fence(now, out);
+        if self.fenced {
+            let since = *self.fenced_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= FENCED_CLIENTS_GRACE {
+                out.push(Output::SendClientsAway);
+                // Again only after another grace: new clients are refused while fenced.
+                self.fenced_since = Some(now);
+            }
+        } else {
+            self.fenced_since = None;
+            if self.resync_all {
+                self.resync_all = false;
+                out.push(Output::Resync {
+                    previous: self.view.clone(),
+                    view: self.view.clone(),
+                    all: true,
+                });
+            }
+        }
+        out.push(Output::Settle {
+            done: self.everyone_done(),
+        });
+    }
+
+    fn record(&mut self, node: &str, version: u64, renewed_at: Option<Instant>) {
+        let done = self
+            .heard
+            .get(node)
+            .map_or(version, |h| h.done.max(version));
+        self.heard
+            .insert(node.to_owned(), Heard { done, renewed_at });
+    }
+
+    fn lease_news(&self, now: Instant) -> Output {
+        Output::TellNodes(Synced {
+            view_version: self.resynced,
+            lease_renewed_ms_ago: self
+                .lease
+                .renewed_at
+                .map(|at| now.saturating_duration_since(at).as_millis() as u64),
+        })
+    }
+
+    fn check_fence(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let fence = self.must_fence(now);
+        if fence == self.fenced {
+            return;
+        }
+        self.fenced = fence;
+        if fence {
+            // Others send their parts again only on a view change: registering as a node
+            // that lost its state makes one, even if the lease has not run out.
+            self.lease.state_lost = true;
+            out.push(Output::Fence);
+        } else {
+            out.push(Output::Unfence);
+        }
+    }
+
+    /// Whether this node must stop owning channels. It has not renewed its lease for half
+    /// the TTL (so it stops before the control plane expires it and gives its channels to
+    /// others), and either the cluster goes on without it (another node renewed two
+    /// heartbeats after this node last did) or it can reach no other node. A control plane
+    /// that is down for everyone fences no one: nobody renews, and the data plane keeps
+    /// going with the last view. When it comes back, nodes register again one after
+    /// another; the control plane gives every node [`OUTAGE_GRACE`] for that, so a node
+    /// that is not yet back is not left behind during half of it.
+    fn must_fence(&mut self, now: Instant) -> bool {
+        if self.standalone || !self.lease_in_doubt(now) {
+            return false;
+        }
+        let Some(renewed_at) = self.lease.renewed_at else {
+            return false;
+        };
+        let others: Vec<&String> = self
+            .view
+            .members
+            .keys()
+            .filter(|id| **id != self.me)
+            .collect();
+        if others.is_empty() {
+            return false;
+        }
+        if others.iter().all(|id| !self.linked.contains_key(*id)) {
+            return true;
+        }
+        // Past the TTL by every node's word: the control plane saw no renewal for half of
+        // it (their news lags by less than that), so it holds everyone's lease for the grace.
+        let outage = now
+            .checked_sub(self.lease.ttl)
+            .is_some_and(|long_ago| renewed_at < long_ago && !self.another_renewed_since(long_ago));
+        if outage {
+            self.lease.outage_seen_at = Some(now);
+        }
+        let coming_back = self
+            .lease
+            .outage_seen_at
+            .is_some_and(|at| now.saturating_duration_since(at) < OUTAGE_GRACE / 2);
+        let left_behind = self.another_renewed_since(renewed_at + 2 * self.lease.heartbeat);
+        left_behind && !coming_back
+    }
+
+    fn another_renewed_since(&self, after: Instant) -> bool {
+        self.heard
+            .iter()
+            .any(|(id, h)| *id != self.me && h.renewed_at.is_some_and(|at| at > after))
+    }
+
+    /// The newest view every node of the view (this one included) is done with.
+    pub fn everyone_done(&self) -> u64 {
+        self.view
+            .members
+            .keys()
+            .map(|id| self.heard.get(id).map_or(0, |h| h.done))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Whether no renewal came for half the TTL: the node may be cut off, before the
+    /// control plane expires it.
+    pub fn lease_in_doubt(&self, now: Instant) -> bool {
+        self.lease
+            .renewed_at
+            .is_some_and(|at| now.saturating_duration_since(at) > self.lease.ttl / 2)
+    }
+
+    /// The keepalive interval, to retry registering at that pace while in doubt.
+    pub fn heartbeat(&self) -> Duration {
+        self.lease.heartbeat
+    }
+
+    /// Whether the next registration must say the node dropped its owner state.
+    pub fn state_lost(&self) -> bool {
+        self.lease.state_lost
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    pub fn view(&self) -> &Arc<ClusterView> {
+        &self.view
+    }
+
+    /// Whether a live link to `node` is up.
+    pub fn linked_to(&self, node: &str) -> bool {
+        self.linked.contains_key(node)
+    }
+
+    pub fn node_state(&self) -> Option<NodeState> {
+        self.view.state_of(&self.me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaymesh_proto::control::{Member, NodeInfo, ViewUpdate};
+    use relaymesh_proto::mesh::Reply;
+
+    impl Waiter for () {
+        fn answer(self, _: Reply) {}
+        fn is_gone(&self) -> bool {
+            false
+        }
+    }
+
+    const TTL: Duration = Duration::from_millis(1000);
+    const HEARTBEAT: Duration = Duration::from_millis(200);
+
+    fn view(version: u64, nodes: &[&str]) -> Arc<ClusterView> {
+        let mut view = ClusterView::default();
+        let members = nodes
+            .iter()
+            .map(|id| Member {
+                node: Some(NodeInfo {
+                    node_id: (*id).into(),
+                    incarnation: 1,
+                    ..NodeInfo::default()
+                }),
+                state: NodeState::Active as i32,
+            })
+            .collect();
+        let update = ViewUpdate {
+            version,
+            full: true,
+            members,
+            ..ViewUpdate::default()
+        };
+        view.apply(update).unwrap();
+        Arc::new(view)
+    }
+
+    /// Node a of a, b, c: registered, linked to both, done with view 1.
+    fn joined(t0: Instant) -> Core<()> {
+        let mut core = Core::new("a".into(), false);
+        let registered = Input::Registered {
+            ttl: TTL,
+            heartbeat: HEARTBEAT,
+            reported_state_lost: false,
+        };
+        core.handle(t0, registered);
+        core.handle(t0, Input::View(view(1, &["a", "b", "c"])));
+        core.handle(t0, Input::LinkUp("b".into()));
+        core.handle(t0, Input::LinkUp("c".into()));
+        core.handle(
+            t0,
+            Input::Resynced {
+                version: 1,
+                complete: true,
+            },
+        );
+        core
+    }
+
+    fn synced(from: &str, renewed_ago: Duration) -> Input {
+        Input::Synced {
+            from: from.into(),
+            version: 1,
+            renewed_ago: Some(renewed_ago),
+        }
+    }
+
+    fn has(outputs: &[Output], wanted: fn(&Output) -> bool) -> bool {
+        outputs.iter().any(wanted)
+    }
+
+    #[test]
+    fn a_node_the_cluster_goes_on_without_fences_itself_then_sends_clients_away() {
+        let t0 = Instant::now();
+        let mut core = joined(t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // b renewed just now, a not for 600 ms (more than half the TTL): left behind.
+        core.handle(at(600), synced("b", Duration::ZERO));
+        assert!(!core.is_fenced(), "fencing is decided on the tick");
+        let out = core.handle(at(600), Input::Tick);
+        assert!(has(&out, |o| matches!(o, Output::Fence)), "{out:?}");
+        assert!(core.is_fenced() && core.state_lost());
+        // b goes on renewing; a stays fenced and, after the grace, sends its clients away.
+        for ms in (700..5_600).step_by(100) {
+            core.handle(at(ms), synced("b", Duration::ZERO));
+            let out = core.handle(at(ms), Input::Tick);
+            assert!(!has(&out, |o| matches!(o, Output::SendClientsAway)), "{ms}");
+        }
+        core.handle(at(5_600), synced("b", Duration::ZERO));
+        let out = core.handle(at(5_600), Input::Tick);
+        assert!(
+            has(&out, |o| matches!(o, Output::SendClientsAway)),
+            "{out:?}"
+        );
+        // Registering again (saying it lost its state) ends the fence; the next tick sends
+        // this node's part of every channel again.
+        let registered = Input::Registered {
+            ttl: TTL,
+            heartbeat: HEARTBEAT,
+            reported_state_lost: true,
+        };
+        let out = core.handle(at(6_000), registered);
+        assert!(has(&out, |o| matches!(o, Output::Unfence)), "{out:?}");
+        assert!(!core.state_lost());
+        let out = core.handle(at(6_100), Input::Tick);
+        assert!(
+            has(&out, |o| matches!(o, Output::Resync { all: true, .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_control_plane_down_for_everyone_fences_no_one() {
+        let t0 = Instant::now();
+        let mut core = joined(t0);
+        // Nobody renews: b and c last renewed when a did.
+        for ms in (100..=3_000).step_by(100) {
+            let now = t0 + Duration::from_millis(ms);
+            let since = Duration::from_millis(ms);
+            core.handle(now, synced("b", since));
+            core.handle(now, synced("c", since));
+            let out = core.handle(now, Input::Tick);
+            assert!(!has(&out, |o| matches!(o, Output::Fence)), "at {ms} ms");
+        }
+    }
+
+    #[test]
+    fn a_node_cut_off_from_every_other_fences_itself() {
+        let t0 = Instant::now();
+        let mut core = joined(t0);
+        core.handle(t0, Input::LinkDown("b".into()));
+        let out = core.handle(t0 + Duration::from_millis(400), Input::Tick);
+        assert!(!core.is_fenced(), "its lease is not in doubt yet: {out:?}");
+        core.handle(t0, Input::LinkDown("c".into()));
+        core.handle(t0 + Duration::from_millis(600), Input::Tick);
+        assert!(core.is_fenced());
+    }
+
+    #[test]
+    fn settling_waits_for_every_node_of_the_view() {
+        let t0 = Instant::now();
+        let mut core = joined(t0);
+        assert_eq!(core.everyone_done(), 0, "b and c said nothing yet");
+        core.handle(t0, synced("b", Duration::ZERO));
+        assert_eq!(core.everyone_done(), 0);
+        let out = core.handle(t0, synced("c", Duration::ZERO));
+        assert!(
+            has(&out, |o| matches!(o, Output::Settle { done: 1 })),
+            "{out:?}"
+        );
+        // A node that leaves the view is no longer waited for; a new one is.
+        core.handle(t0, Input::View(view(2, &["a", "b", "d"])));
+        assert_eq!(core.everyone_done(), 0, "d said nothing yet");
+    }
+
+    #[test]
+    fn requests_to_a_node_fail_when_its_link_goes_down_or_it_leaves() {
+        let t0 = Instant::now();
+        let mut core = joined(t0);
+        core.requests.register("b", ()).unwrap();
+        core.requests.register("c", ()).unwrap();
+        core.handle(t0, Input::LinkDown("b".into()));
+        assert_eq!(core.requests.len(), 1);
+        core.handle(t0, Input::View(view(2, &["a", "b"])));
+        assert!(core.requests.is_empty());
+    }
+}
