@@ -205,19 +205,33 @@ impl Waiting {
                 return Err(RouteError::Timeout(self.node));
             }
         };
-        if reply.status == reply::Status::UnknownApp as i32 {
-            return Err(RouteError::UnknownApp(self.node));
-        }
-        if reply.status == reply::Status::Fenced as i32 {
-            return Err(RouteError::Fenced(self.node));
-        }
-        if reply.status == reply::Status::Moving as i32 {
-            return Err(RouteError::Moving(self.node));
-        }
+        let reply = checked(reply, &self.node)?;
         let owner = if self.local { "local" } else { "remote" };
         metrics::histogram!(telemetry::PUBLISH_TO_OWNER, "owner" => owner)
             .record(self.sent.elapsed().as_secs_f64());
         Ok(reply)
+    }
+
+    /// The answer if it came (a deterministic test polls instead of waiting); `None`
+    /// while it is still awaited.
+    pub fn try_answer(&mut self) -> Option<Result<Reply, RouteError>> {
+        match self.answer.try_recv() {
+            Ok(reply) => Some(checked(reply, &self.node)),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                Some(Err(RouteError::Unreachable(self.node.clone())))
+            }
+        }
+    }
+}
+
+/// A reply's refusal as an error.
+fn checked(reply: Reply, node: &str) -> Result<Reply, RouteError> {
+    match reply::Status::try_from(reply.status) {
+        Ok(reply::Status::UnknownApp) => Err(RouteError::UnknownApp(node.to_owned())),
+        Ok(reply::Status::Fenced) => Err(RouteError::Fenced(node.to_owned())),
+        Ok(reply::Status::Moving) => Err(RouteError::Moving(node.to_owned())),
+        _ => Ok(reply),
     }
 }
 

@@ -188,6 +188,14 @@ impl Conn {
         self.lock().close.clone()
     }
 
+    /// Takes every queued frame, as a connection task would write them (a deterministic
+    /// test reads its clients this way).
+    pub fn take_queued(&self) -> Vec<Bytes> {
+        let mut queue = self.lock();
+        queue.bytes = 0;
+        std::mem::take(&mut queue.frames).into()
+    }
+
     /// Waits until something was queued or the connection was closed.
     pub async fn woken(&self) {
         self.wake.notified().await

@@ -42,6 +42,17 @@ impl Peers {
         self.lock().get(node_id).filter(|l| !l.is_closed()).cloned()
     }
 
+    /// Makes `sender` the link to its peer (the link manager's `adopt`, or a test's own
+    /// in-memory link).
+    pub fn insert(&self, sender: LinkSender) {
+        self.lock().insert(sender.peer.clone(), sender);
+    }
+
+    /// Forgets the link to `node_id`; the link closes once no one holds its sender.
+    pub fn remove(&self, node_id: &str) {
+        self.lock().remove(node_id);
+    }
+
     /// Peers with a live link, sorted.
     pub fn linked(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
@@ -114,7 +125,7 @@ fn adopt(shared: &Arc<Shared>, link: Link) {
     tracing::info!(peer, "mesh link up");
     set_up(&peer, true);
     let this_link = sender.downgrade();
-    shared.peers.lock().insert(peer.clone(), sender);
+    shared.peers.insert(sender);
     let up = crate::cluster::Input::LinkUp(peer.clone());
     crate::rebalance::input(shared, shared.now(), up);
     let shared = shared.clone();
@@ -170,7 +181,7 @@ fn reconcile(
         .cloned()
         .collect();
     for id in gone {
-        shared.peers.lock().remove(&id);
+        shared.peers.remove(&id);
         set_up(&id, false);
     }
     dialing.retain(|id, task| members.contains_key(id) && !task.is_finished());
