@@ -31,6 +31,9 @@ pub const MESH_FRAMES_IN: &str = "relaymesh_mesh_frames_in_total";
 pub const MESH_BYTES_IN: &str = "relaymesh_mesh_bytes_in_total";
 /// Mesh dial attempts, by result.
 pub const MESH_DIALS: &str = "relaymesh_mesh_dials_total";
+/// Incoming QUIC mesh connections, by result of their handshake (ok, timeout, failed,
+/// refused: too many handshakes in progress).
+pub const MESH_ACCEPTS: &str = "relaymesh_mesh_accepts_total";
 /// Frames and bytes sent over mesh links, by peer.
 pub const MESH_FRAMES_OUT: &str = "relaymesh_mesh_frames_out_total";
 pub const MESH_BYTES_OUT: &str = "relaymesh_mesh_bytes_out_total";

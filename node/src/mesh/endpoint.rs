@@ -52,11 +52,12 @@ impl Endpoint {
         }
     }
 
-    /// The next link a peer opened; `None` once the endpoint is closed.
-    pub async fn accept(&self) -> Option<Result<Link, LinkError>> {
+    /// The next link a peer opened; `None` once the endpoint is closed. Cancel-safe: both
+    /// transports handshake in their own tasks and queue finished links.
+    pub async fn accept(&self) -> Option<Link> {
         match self {
             Endpoint::Quic(e) => e.accept().await,
-            Endpoint::Grpc(e) => e.accept().await.map(Ok),
+            Endpoint::Grpc(e) => e.accept().await,
         }
     }
 

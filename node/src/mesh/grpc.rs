@@ -16,13 +16,11 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server,
 use tonic::{Request, Response, Status, Streaming};
 
 use super::frame::{BATCH_BYTES_MAX, FRAME_BYTES_MAX};
-use super::link::{self, Link, LinkError, LinkIo};
+use super::link::{self, Link, LinkError, LinkIo, ACCEPT_BACKLOG};
 use super::tls::{NodeIdentity, MESH_SERVER_NAME};
 
 /// Batches in flight per direction of one link.
 const BATCHES_IN_FLIGHT: usize = 4;
-/// Links accepted and not yet taken by the node.
-const ACCEPT_BACKLOG: usize = 64;
 
 /// A node's gRPC mesh endpoint: serves links to peers and dials them.
 pub struct GrpcMeshEndpoint {

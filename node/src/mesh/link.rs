@@ -16,6 +16,8 @@ use super::tls::TlsError;
 pub const SEND_QUEUE_FRAMES: usize = 1024;
 /// Frames received and not yet taken by the node before the link stops reading.
 pub const RECEIVE_QUEUE_FRAMES: usize = 1024;
+/// Links an endpoint accepted and the node has not yet taken.
+pub const ACCEPT_BACKLOG: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum LinkError {

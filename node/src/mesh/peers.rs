@@ -90,9 +90,10 @@ async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, mut stop: watch::Rece
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     loop {
         tokio::select! {
+            // Cancel-safe, so the other branches firing loses no link (the transport
+            // handshakes in its own tasks).
             accepted = endpoint.accept() => match accepted {
-                Some(Ok(link)) => adopt(&shared, link),
-                Some(Err(e)) => tracing::debug!(error = %e, "refused a mesh link"),
+                Some(link) => adopt(&shared, link),
                 None => return,
             },
             Some(link) = dialed.recv() => {

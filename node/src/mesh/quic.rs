@@ -4,28 +4,49 @@
 //! queue is bounded, so a slow peer shows up as [`LinkError::Full`] to the sender instead of
 //! growing memory, and the reader pushes back through QUIC flow control when the node
 //! does not keep up.
+//!
+//! Incoming connections are handshaken by the endpoint's own tasks, one per connection and
+//! each under [`HANDSHAKE_TIMEOUT`], so a stalled peer holds up nobody else and the node's
+//! [`MeshEndpoint::accept`] only takes finished links from a queue.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinSet;
 
 use super::frame;
-use super::link::{self, Link, LinkError, LinkIo};
+use super::link::{self, Link, LinkError, LinkIo, ACCEPT_BACKLOG};
 use super::tls::{NodeIdentity, MESH_SERVER_NAME};
+use crate::telemetry;
 
 /// A node's QUIC endpoint: accepts links from peers and dials them.
 pub struct MeshEndpoint {
     endpoint: quinn::Endpoint,
     node_id: Bytes,
+    /// Links the accept loop finished; its end (the endpoint closed or this dropped)
+    /// closes the queue.
+    accepted: Mutex<mpsc::Receiver<Link>>,
 }
 
 /// A link whose peer went silent (a partition, a killed process) is closed after this, so
 /// the node notices it, reports it and stops queueing into it; keep-alives make silence
 /// mean a broken path, not an idle link.
-pub const LINK_SILENCE_MAX: std::time::Duration = std::time::Duration::from_secs(3);
-const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(500);
+pub const LINK_SILENCE_MAX: Duration = Duration::from_secs(3);
+const KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// An incoming connection must finish the QUIC handshake, open its stream and send its
+/// hello within this, or it is dropped. Keep-alives keep a peer that connected and then
+/// stalls from ever going silent, so without it such a peer would hold its slot for good.
+/// Longer than the dialer's own limit (`peers.rs`, `DIAL_TIMEOUT`: 2 s), so this side never
+/// gives up first on a dial its peer is still waiting for.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Incoming connections handshaking (or handshaken and waiting for room in the queue) at
+/// once; past this they are refused, so peers that never finish cost a bounded amount of
+/// memory and tasks. Far above a cluster's size.
+const HANDSHAKES_MAX: usize = 64;
 
 fn liveness() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
@@ -36,10 +57,20 @@ fn liveness() -> quinn::TransportConfig {
 }
 
 impl MeshEndpoint {
+    /// Binds `addr` and starts accepting links; must be called inside a tokio runtime.
     pub fn bind(
         addr: SocketAddr,
         node_id: &str,
         identity: &NodeIdentity,
+    ) -> Result<MeshEndpoint, LinkError> {
+        MeshEndpoint::bind_with(addr, node_id, identity, HANDSHAKE_TIMEOUT)
+    }
+
+    fn bind_with(
+        addr: SocketAddr,
+        node_id: &str,
+        identity: &NodeIdentity,
+        handshake_timeout: Duration,
     ) -> Result<MeshEndpoint, LinkError> {
         let transport = Arc::new(liveness());
         let mut server = identity.server_config()?;
@@ -48,9 +79,18 @@ impl MeshEndpoint {
         client.transport_config(transport);
         let mut endpoint = quinn::Endpoint::server(server, addr).map_err(LinkError::transport)?;
         endpoint.set_default_client_config(client);
+        let node_id = Bytes::copy_from_slice(node_id.as_bytes());
+        let (accepted_tx, accepted) = mpsc::channel(ACCEPT_BACKLOG);
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            node_id.clone(),
+            accepted_tx,
+            handshake_timeout,
+        ));
         Ok(MeshEndpoint {
             endpoint,
-            node_id: Bytes::copy_from_slice(node_id.as_bytes()),
+            node_id,
+            accepted: Mutex::new(accepted),
         })
     }
 
@@ -71,25 +111,79 @@ impl MeshEndpoint {
         Ok(start(connection, send, recv, peer))
     }
 
-    /// The next link a peer opens; `None` once the endpoint is closed.
-    pub async fn accept(&self) -> Option<Result<Link, LinkError>> {
-        let incoming = self.endpoint.accept().await?;
-        Some(
-            async {
-                let connection = incoming.await.map_err(LinkError::transport)?;
-                let (mut send, mut recv) =
-                    connection.accept_bi().await.map_err(LinkError::transport)?;
-                let peer = read_frame(&mut recv).await?.ok_or(LinkError::NoHello)?;
-                write_frames(&mut send, std::slice::from_ref(&self.node_id)).await?;
-                Ok(start(connection, send, recv, peer))
-            }
-            .await,
-        )
+    /// The next link a peer opened; `None` once the endpoint is closed. Cancel-safe: the
+    /// handshakes run in the endpoint's own tasks, and a finished link waits in the queue.
+    pub async fn accept(&self) -> Option<Link> {
+        self.accepted.lock().await.recv().await
     }
 
+    /// Closes every connection and ends the accept loop and its handshakes.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"node stopping");
     }
+}
+
+/// Hands each incoming connection to its own handshake task until the endpoint is closed
+/// or the [`MeshEndpoint`] dropped. Handshakes still running then are aborted.
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    node_id: Bytes,
+    accepted: mpsc::Sender<Link>,
+    handshake_timeout: Duration,
+) {
+    let mut handshakes = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            // Dropped without close: this task's clone must not keep the endpoint running.
+            () = accepted.closed() => break,
+        };
+        while handshakes.try_join_next().is_some() {}
+        if handshakes.len() >= HANDSHAKES_MAX {
+            tracing::debug!(remote = %incoming.remote_address(), "too many mesh handshakes: refused");
+            count_accept("refused");
+            incoming.refuse();
+            continue;
+        }
+        let node_id = node_id.clone();
+        let accepted = accepted.clone();
+        handshakes.spawn(async move {
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(handshake_timeout, handshake(incoming, &node_id)).await {
+                Ok(Ok(link)) => {
+                    count_accept("ok");
+                    // Not under the timeout: waiting here means the node is busy, not that
+                    // the peer stalls.
+                    let _ = accepted.send(link).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "refused a mesh link");
+                    count_accept("failed");
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "a mesh peer did not finish its handshake in time");
+                    count_accept("timeout");
+                }
+            }
+        });
+    }
+}
+
+fn count_accept(result: &'static str) {
+    metrics::counter!(telemetry::MESH_ACCEPTS, "result" => result).increment(1);
+}
+
+/// The accepting side of a link: QUIC (checking the peer's certificate), the peer's
+/// stream, its hello, then ours.
+async fn handshake(incoming: quinn::Incoming, node_id: &Bytes) -> Result<Link, LinkError> {
+    let connection = incoming.await.map_err(LinkError::transport)?;
+    let (mut send, mut recv) = connection.accept_bi().await.map_err(LinkError::transport)?;
+    let peer = read_frame(&mut recv).await?.ok_or(LinkError::NoHello)?;
+    write_frames(&mut send, std::slice::from_ref(node_id)).await?;
+    Ok(start(connection, send, recv, peer))
 }
 
 async fn write_frames(send: &mut SendStream, frames: &[Bytes]) -> Result<(), LinkError> {
@@ -166,13 +260,20 @@ fn start(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::super::link::conformance;
     use super::super::tls::ClusterCa;
     use super::*;
 
     fn endpoint(ca: &ClusterCa, id: &str) -> MeshEndpoint {
+        endpoint_with(ca, id, HANDSHAKE_TIMEOUT)
+    }
+
+    fn endpoint_with(ca: &ClusterCa, id: &str, handshake_timeout: Duration) -> MeshEndpoint {
         let identity = ca.issue(id).unwrap();
-        MeshEndpoint::bind("127.0.0.1:0".parse().unwrap(), id, &identity).unwrap()
+        let addr = "127.0.0.1:0".parse().unwrap();
+        MeshEndpoint::bind_with(addr, id, &identity, handshake_timeout).unwrap()
     }
 
     async fn pair(ca: &ClusterCa) -> (MeshEndpoint, MeshEndpoint, Link, Link) {
@@ -180,7 +281,13 @@ mod tests {
         let b = endpoint(ca, "node-b");
         let addr = b.local_addr().unwrap();
         let (dialed, accepted) = tokio::join!(a.connect(addr), b.accept());
-        (a, b, dialed.unwrap(), accepted.unwrap().unwrap())
+        (a, b, dialed.unwrap(), accepted.unwrap())
+    }
+
+    /// A QUIC connection with a valid certificate that goes no further: no stream, no hello.
+    async fn stalled(from: &MeshEndpoint, to: SocketAddr) -> quinn::Connection {
+        let connecting = from.endpoint.connect(to, MESH_SERVER_NAME).unwrap();
+        connecting.await.unwrap()
     }
 
     #[tokio::test]
@@ -199,25 +306,128 @@ mod tests {
         let other = ClusterCa::generate().unwrap();
         let member = endpoint(&ca, "member");
         let stranger = endpoint(&other, "stranger");
-        let member_addr = member.local_addr().unwrap();
-        let stranger_addr = stranger.local_addr().unwrap();
-        let accepting = tokio::spawn(async move {
-            let result = member.accept().await;
-            (member, result.map(|r| r.is_ok()))
-        });
         assert!(
-            stranger.connect(member_addr).await.is_err(),
+            stranger
+                .connect(member.local_addr().unwrap())
+                .await
+                .is_err(),
             "a stranger must not reach a member"
         );
-        let (member, accepted) = accepting.await.unwrap();
-        assert_ne!(accepted, Some(true));
-        let dialing = tokio::spawn(async move {
-            let _ = stranger.accept().await;
-        });
         assert!(
-            member.connect(stranger_addr).await.is_err(),
+            member
+                .connect(stranger.local_addr().unwrap())
+                .await
+                .is_err(),
             "a member must not trust a stranger"
         );
-        dialing.abort();
+        for refusing in [member, stranger] {
+            let accepted = tokio::time::timeout(Duration::from_millis(200), refusing.accept());
+            assert!(accepted.await.is_err(), "a link was accepted");
+        }
+    }
+
+    /// Peers that connect and then stall (one never opens its stream, one sends half a
+    /// hello) hold up neither a good peer nor their slot past the handshake timeout.
+    #[tokio::test]
+    async fn a_stalled_peer_blocks_no_one_and_is_dropped() {
+        let ca = ClusterCa::generate().unwrap();
+        let timeout = Duration::from_secs(1);
+        let b = endpoint_with(&ca, "node-b", timeout);
+        let addr = b.local_addr().unwrap();
+        let staller = endpoint(&ca, "staller");
+        // Before the connections, so no handshake timeout can have started earlier.
+        let stalled_since = Instant::now();
+        let no_stream = stalled(&staller, addr).await;
+        let half_hello = stalled(&staller, addr).await;
+        let (mut send, _recv) = half_hello.open_bi().await.unwrap();
+        send.write_all(&[0, 0]).await.unwrap();
+
+        let a = endpoint(&ca, "node-a");
+        let (dialed, accepted) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(a.connect(addr), b.accept())
+        })
+        .await
+        .expect("the good peer was not accepted while others stalled");
+        let (mut ab, ba) = (dialed.unwrap(), accepted.unwrap());
+        assert_eq!(ba.peer(), "node-a");
+        for conn in [&no_stream, &half_hello] {
+            assert!(
+                conn.close_reason().is_none(),
+                "the good peer was only accepted after a stalled one was dropped"
+            );
+        }
+        ba.send(Bytes::from_static(b"hi")).await.unwrap();
+        assert_eq!(ab.inbound.recv().await.unwrap().as_ref(), b"hi");
+
+        for conn in [no_stream, half_hello] {
+            let closed = tokio::time::timeout(timeout * 3, conn.closed()).await;
+            assert!(closed.is_ok(), "a stalled peer was never dropped");
+            assert!(
+                stalled_since.elapsed() >= timeout,
+                "a stalled peer was dropped before its handshake timeout"
+            );
+        }
+    }
+
+    /// Giving up on `accept` while a dial is in flight, again and again, loses no link.
+    #[tokio::test]
+    async fn a_cancelled_accept_loses_no_link() {
+        let ca = ClusterCa::generate().unwrap();
+        let a = endpoint(&ca, "node-a");
+        let b = endpoint(&ca, "node-b");
+        let addr = b.local_addr().unwrap();
+        let dialing = tokio::spawn(async move {
+            let link = a.connect(addr).await;
+            (a, link)
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut cancelled = 0;
+        // Each call is polled once and dropped if it has nothing yet; the first one always
+        // is, as the dial has not started.
+        let ba = loop {
+            if let Ok(accepted) = tokio::time::timeout(Duration::ZERO, b.accept()).await {
+                break accepted.unwrap();
+            }
+            cancelled += 1;
+            assert!(Instant::now() < deadline, "the link was never accepted");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        assert!(cancelled > 0);
+        let (_a, dialed) = dialing.await.unwrap();
+        let mut ab = dialed.unwrap();
+        assert_eq!(ba.peer(), "node-a");
+        ba.send(Bytes::from_static(b"hi")).await.unwrap();
+        assert_eq!(ab.inbound.recv().await.unwrap().as_ref(), b"hi");
+    }
+
+    /// Closing ends `accept` (so the accept loop and every handshake task are gone: they
+    /// hold the queue's senders) even with a handshake in progress.
+    #[tokio::test]
+    async fn closing_ends_accepting_and_handshakes() {
+        let ca = ClusterCa::generate().unwrap();
+        let b = endpoint(&ca, "node-b");
+        let staller = endpoint(&ca, "staller");
+        let conn = stalled(&staller, b.local_addr().unwrap()).await;
+        b.close();
+        let accepted = tokio::time::timeout(Duration::from_secs(2), b.accept()).await;
+        assert!(matches!(accepted, Ok(None)), "accept did not end on close");
+        let closed = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        assert!(closed.is_ok(), "a handshake in progress outlived close");
+    }
+
+    /// Dropped without `close`, the endpoint stops answering: the accept loop's handle on
+    /// it does not keep it running.
+    #[tokio::test]
+    async fn a_dropped_endpoint_accepts_nothing() {
+        let ca = ClusterCa::generate().unwrap();
+        let a = endpoint(&ca, "node-a");
+        let b = endpoint(&ca, "node-b");
+        let addr = b.local_addr().unwrap();
+        drop(b);
+        let dialed = tokio::time::timeout(Duration::from_millis(500), a.connect(addr)).await;
+        assert!(
+            !matches!(dialed, Ok(Ok(_))),
+            "a dropped endpoint still accepted a link"
+        );
     }
 }
