@@ -145,8 +145,12 @@ pub fn must_fence(shared: &Shared) -> bool {
 pub fn settle(shared: &Shared) {
     let done = shared.progress.everyone_done(&shared.view.borrow());
     for app in shared.apps.all() {
-        app.owner
-            .settle(done, SETTLE_DEADLINE, &mut route::owner_sink(shared, &app));
+        app.owner.settle(
+            Instant::now(),
+            done,
+            SETTLE_DEADLINE,
+            &mut route::owner_sink(shared, &app),
+        );
     }
 }
 
@@ -248,6 +252,7 @@ fn follow(shared: &Shared, previous: &ClusterView, view: &ClusterView) {
     let mut complete = true;
     for app in shared.apps.all() {
         app.owner.follow_view(
+            Instant::now(),
             &shared.node_id,
             previous,
             view,

@@ -329,7 +329,8 @@ impl Sink for Dispatch<'_> {
 
 fn owner_receive(shared: &Shared, app: &App, origin: Origin<'_>, channel: &str, body: Body) {
     let mut dispatch = Dispatch { shared, app };
-    app.owner.handle(origin, channel, body, &mut dispatch);
+    app.owner
+        .handle(Instant::now(), origin, channel, body, &mut dispatch);
 }
 
 /// An edge-bound message from an owner (this node's or another's).
