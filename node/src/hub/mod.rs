@@ -146,7 +146,8 @@ impl Hub {
         }
     }
 
-    /// The subscriptions still to be sent to their owners (now marked as sent).
+    /// The subscriptions still to be sent to their owners (now marked as sent), in
+    /// (channel, socket) order.
     pub fn take_unsent(&self) -> Vec<Unsent> {
         let mut unsent = Vec::new();
         for shard in self.shards.iter() {
@@ -162,6 +163,8 @@ impl Hub {
                 }
             }
         }
+        // Sorted so that they go out in the same order on every run, not in hash order.
+        unsent.sort_unstable_by(|a, b| (&a.channel, a.socket).cmp(&(&b.channel, b.socket)));
         unsent
     }
 
@@ -267,7 +270,8 @@ impl Hub {
     /// This node's part of every channel `moved` selects (their owner changed): the
     /// subscribed sockets with their members and what they were told. Pending
     /// subscriptions of those channels are marked to be sent again, to the new owner,
-    /// which `owner` names in view `view_version`.
+    /// which `owner` names in view `view_version`. Sorted by channel, and each part's
+    /// sockets and members too, so that the resyncs are the same on every run.
     pub fn parts(
         &self,
         moved: impl Fn(&str) -> bool,
@@ -285,18 +289,22 @@ impl Hub {
                     continue;
                 }
                 channel.resynced_to = owner(name).map(|o| (o.into_boxed_str(), view_version));
-                let sockets = channel
+                let mut sockets: Vec<_> = channel
                     .subscribers
                     .keys()
                     .map(|s| (*s, channel.members.get(s).cloned()))
                     .collect();
+                sockets.sort_unstable_by_key(|(socket, _)| *socket);
+                let mut told: Vec<String> = channel.told.iter().map(|u| u.to_string()).collect();
+                told.sort_unstable();
                 parts.push(ChannelPart {
                     channel: name.clone(),
                     sockets,
-                    told: channel.told.iter().map(|u| u.to_string()).collect(),
+                    told,
                 });
             }
         }
+        parts.sort_unstable_by(|a, b| a.channel.cmp(&b.channel));
         parts
     }
 
@@ -312,7 +320,8 @@ impl Hub {
         state.subscribers.len()
     }
 
-    /// Takes the subscriptions that waited longer than `timeout` for their owner.
+    /// Takes the subscriptions that waited longer than `timeout` for their owner, in
+    /// (channel, socket) order.
     pub fn expire_pending(&self, now: Instant, timeout: Duration) -> Vec<Expired> {
         let mut expired = Vec::new();
         for shard in self.shards.iter() {
@@ -331,6 +340,9 @@ impl Hub {
             }
             shard.retain(|_, c| !c.subscribers.is_empty() || !c.pending.is_empty());
         }
+        expired.sort_unstable_by(|a, b| {
+            (&a.channel, a.conn.socket_id).cmp(&(&b.channel, b.conn.socket_id))
+        });
         expired
     }
 }
@@ -345,6 +357,54 @@ mod tests {
             member_added: user.into(),
             ..Deliver::default()
         }
+    }
+
+    #[test]
+    fn unsent_parts_and_expired_come_in_channel_then_socket_order() {
+        let hub = Hub::new("app".into());
+        let now = Instant::now();
+        let mut expected = Vec::new();
+        // Enough channels that hash order would differ from name order.
+        for i in (0..40).rev() {
+            let channel = format!("channel-{i:02}");
+            for seq in [3, 1, 2] {
+                let conn = Arc::new(Conn::new(SocketId { node: 1, seq }, 100, 1 << 20));
+                hub.begin(&channel, &conn, None, None);
+                hub.mark_unsent(&channel, conn.socket_id);
+                expected.push((channel.clone(), conn.socket_id));
+            }
+        }
+        expected.sort();
+        let unsent: Vec<_> = hub
+            .take_unsent()
+            .into_iter()
+            .map(|u| (u.channel.to_string(), u.socket))
+            .collect();
+        assert_eq!(unsent, expected);
+        let expired: Vec<_> = hub
+            .expire_pending(now + Duration::from_secs(60), Duration::from_secs(10))
+            .into_iter()
+            .map(|e| (e.channel.to_string(), e.conn.socket_id))
+            .collect();
+        assert_eq!(expired, expected);
+
+        for (channel, socket) in expected.iter().rev() {
+            let conn = Arc::new(Conn::new(*socket, 100, 1 << 20));
+            hub.begin(channel, &conn, None, None);
+            let told = vec!["u2".into(), socket.seq.to_string(), "u1".into()];
+            hub.complete(channel, *socket, true, Vec::new(), told);
+        }
+        let parts: Vec<_> = hub
+            .parts(|_| true, |_| None, 1)
+            .into_iter()
+            .flat_map(|p| {
+                assert!(p.told.is_sorted(), "{:?}", p.told);
+                p.sockets
+                    .into_iter()
+                    .map(move |(s, _)| (p.channel.to_string(), s))
+            })
+            .collect();
+        assert_eq!(parts, expected);
     }
 
     #[test]

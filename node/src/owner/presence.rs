@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use relaymesh_proto::frame::PresenceMember;
+use relaymesh_proto::mesh;
 use serde_json::value::RawValue;
 
 struct Member {
@@ -11,7 +12,8 @@ struct Member {
     connections: u32,
 }
 
-/// Ordered by user id so the roster sent to clients is deterministic.
+/// Ordered by user id so the roster sent to clients (ids and hash of
+/// `subscription_succeeded`, `Reply.users`) is deterministic.
 #[derive(Default)]
 pub struct Roster {
     members: BTreeMap<String, Member>,
@@ -73,6 +75,21 @@ impl Roster {
             .iter()
             .map(|(id, m)| (id.as_str(), m.info.as_deref()))
     }
+}
+
+/// The member a Subscribe carries; `None` when it is missing or its info is not JSON.
+pub(super) fn member_of(member: Option<mesh::Member>) -> Option<PresenceMember> {
+    let member = member?;
+    let user_info = if member.info.is_empty() {
+        None
+    } else {
+        let text = String::from_utf8(member.info.to_vec()).ok()?;
+        Some(RawValue::from_string(text).ok()?)
+    };
+    Some(PresenceMember {
+        user_id: member.user_id,
+        user_info,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,226 @@
+//! One owned channel: its sockets on every node, the nodes that need its frames
+//! (interest), the numbering of those frames and the member events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use relaymesh_proto::frame;
+use relaymesh_proto::mesh::envelope::Body;
+use relaymesh_proto::mesh::{ChannelStats, Deliver};
+
+use super::settle::Settling;
+use super::{Roster, Sink};
+use crate::edge::outbox::SocketId;
+use crate::edge::ws::codec;
+use crate::webhooks::WebhookEvent;
+
+pub(super) struct Subscriber {
+    pub(super) node: Arc<str>,
+    /// The node's process (its incarnation) that holds the socket.
+    pub(super) incarnation: u64,
+    /// The presence user the socket joined as.
+    pub(super) user: Option<Box<str>>,
+}
+
+#[derive(Default)]
+pub(super) struct OwnedChannel {
+    /// Numbers every frame the owner sends for the channel.
+    pub(super) seq: u64,
+    pub(super) sockets: HashMap<SocketId, Subscriber>,
+    /// Nodes with subscribers and how many each has. A list, not a map: frames go to the
+    /// nodes in its order, which then follows the order of the subscriptions.
+    pub(super) interest: Vec<(Arc<str>, u32)>,
+    /// Present on presence channels only.
+    pub(super) roster: Option<Roster>,
+    /// When the subscription count was last sent (subscription counting).
+    pub(super) count_sent: Option<Instant>,
+    pub(super) settling: Option<Box<Settling>>,
+    /// The newest view a node subscribed or resynced with: a view older than that does
+    /// not take the channel away (this node just has not seen the newer one yet).
+    pub(super) newest_view: u64,
+}
+
+impl OwnedChannel {
+    pub(super) fn stats(&self) -> ChannelStats {
+        ChannelStats {
+            subscription_count: self.sockets.len() as u32,
+            user_count: self.roster.as_ref().map(|r| r.len() as u32),
+        }
+    }
+
+    /// The node's shared id, from the interest list when it is there.
+    pub(super) fn node_key(&self, node: &str) -> Arc<str> {
+        self.interest
+            .iter()
+            .find(|(n, _)| &**n == node)
+            .map_or_else(|| node.into(), |(n, _)| n.clone())
+    }
+
+    pub(super) fn add_interest(&mut self, node: &Arc<str>) {
+        match self.interest.iter_mut().find(|(n, _)| n == node) {
+            Some((_, count)) => *count += 1,
+            None => self.interest.push((node.clone(), 1)),
+        }
+    }
+
+    pub(super) fn remove_interest(&mut self, node: &str) {
+        if let Some(i) = self.interest.iter().position(|(n, _)| &**n == node) {
+            self.interest[i].1 -= 1;
+            if self.interest[i].1 == 0 {
+                self.interest.swap_remove(i);
+            }
+        }
+    }
+
+    /// Adds a socket of `node` and the node's interest.
+    pub(super) fn add_socket(&mut self, socket: SocketId, subscriber: Subscriber) {
+        self.add_interest(&subscriber.node);
+        self.sockets.insert(socket, subscriber);
+    }
+
+    /// Sends one frame to every node with subscribers, numbered.
+    pub(super) fn deliver(
+        &mut self,
+        channel: &str,
+        frame: Bytes,
+        except: Option<SocketId>,
+        sink: &mut dyn Sink,
+    ) {
+        let deliver = Deliver {
+            frame,
+            except: except.map(Into::into),
+            ..Deliver::default()
+        };
+        self.send_to_interest(channel, deliver, sink);
+    }
+
+    /// Sends `deliver`, numbered, to one node.
+    pub(super) fn send_to(
+        &mut self,
+        node: &str,
+        channel: &str,
+        deliver: Deliver,
+        sink: &mut dyn Sink,
+    ) {
+        self.seq += 1;
+        let body = Body::Deliver(Deliver {
+            seq: self.seq,
+            ..deliver
+        });
+        sink.send(node, channel, body);
+    }
+
+    /// Sends `deliver`, numbered, to every node with subscribers.
+    fn send_to_interest(&mut self, channel: &str, deliver: Deliver, sink: &mut dyn Sink) {
+        self.seq += 1;
+        for (node, _) in &self.interest {
+            let body = Body::Deliver(Deliver {
+                seq: self.seq,
+                ..deliver.clone()
+            });
+            sink.send(node, channel, body);
+        }
+    }
+
+    /// The frame that tells a node's subscribers about a new member; `None` for a user
+    /// who is not in the roster.
+    pub(super) fn member_added_frame(&self, channel: &str, user_id: &str) -> Option<Deliver> {
+        let info = self.roster.as_ref()?.info(user_id)?;
+        Some(Deliver {
+            frame: codec::text_frame(&frame::member_added(channel, user_id, info)),
+            member_added: user_id.to_owned(),
+            ..Deliver::default()
+        })
+    }
+
+    pub(super) fn member_removed_frame(channel: &str, user_id: &str) -> Deliver {
+        Deliver {
+            frame: codec::text_frame(&frame::member_removed(channel, user_id)),
+            member_removed: user_id.to_owned(),
+            ..Deliver::default()
+        }
+    }
+
+    pub(super) fn member_added(
+        &mut self,
+        channel: &str,
+        user_id: &str,
+        except: Option<SocketId>,
+        sink: &mut dyn Sink,
+    ) {
+        let Some(deliver) = self.member_added_frame(channel, user_id) else {
+            return;
+        };
+        let deliver = Deliver {
+            except: except.map(Into::into),
+            ..deliver
+        };
+        self.send_to_interest(channel, deliver, sink);
+        sink.webhook(WebhookEvent::MemberAdded {
+            channel: channel.into(),
+            user_id: user_id.into(),
+        });
+    }
+
+    pub(super) fn member_removed(&mut self, channel: &str, user_id: &str, sink: &mut dyn Sink) {
+        let deliver = Self::member_removed_frame(channel, user_id);
+        self.send_to_interest(channel, deliver, sink);
+        sink.webhook(WebhookEvent::MemberRemoved {
+            channel: channel.into(),
+            user_id: user_id.into(),
+        });
+    }
+
+    /// The roster's user ids, in the roster's (sorted) order.
+    pub(super) fn roster_ids(&self) -> Vec<String> {
+        self.roster
+            .as_ref()
+            .map(|r| r.members().map(|(id, _)| id.to_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn succeeded_frame(&self, channel: &str) -> Bytes {
+        let text = match &self.roster {
+            Some(roster) => frame::presence_subscription_succeeded(channel, roster.members()),
+            None => frame::subscription_succeeded(channel),
+        };
+        codec::text_frame(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_numbered_once_per_send_and_go_to_nodes_in_subscription_order() {
+        use super::super::testkit::Recorded;
+        let mut channel = OwnedChannel::default();
+        for (seq, node) in [(1, "b"), (2, "a"), (3, "b")] {
+            let subscriber = Subscriber {
+                node: channel.node_key(node),
+                incarnation: 1,
+                user: None,
+            };
+            channel.add_socket(SocketId { node: 1, seq }, subscriber);
+        }
+        assert_eq!(channel.interest, [("b".into(), 2), ("a".into(), 1)]);
+        let mut sink = Recorded::default();
+        channel.deliver("news", Bytes::from_static(b"x"), None, &mut sink);
+        channel.send_to("a", "news", Deliver::default(), &mut sink);
+        let sent: Vec<(String, u64)> = sink
+            .sent
+            .iter()
+            .filter_map(|(node, _, body)| match body {
+                Body::Deliver(d) => Some((node.clone(), d.seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, [("b".into(), 1), ("a".into(), 1), ("a".into(), 2)]);
+        channel.remove_interest("b");
+        channel.remove_interest("b");
+        assert_eq!(channel.interest, [("a".into(), 1)]);
+    }
+}

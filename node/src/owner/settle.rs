@@ -1,0 +1,324 @@
+//! Rebuilding a channel that moved to this node. Each node with subscribers sends its
+//! part in [`Resync`]s; until every node said it is done (or a deadline passes) the
+//! channel is *settling* and holds its messages back, so that nothing is decided on a
+//! partial picture. Settling then corrects what each node's subscribers were told and
+//! handles the held messages in order.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relaymesh_proto::channel::ChannelKind;
+use relaymesh_proto::mesh::envelope::Body;
+use relaymesh_proto::mesh::Resync;
+
+use super::channel::{OwnedChannel, Subscriber};
+use super::presence::member_of;
+use super::{Origin, Owner, Roster, Shard, Sink};
+use crate::edge::outbox::SocketId;
+use crate::webhooks::WebhookEvent;
+
+/// Most messages a settling channel holds back; beyond, they are handled at once.
+const SETTLING_QUEUE_MAX: usize = 4096;
+
+/// A channel this node took over, rebuilt from the nodes' [`Resync`]s: until every node
+/// said it is done (or a deadline passes) the channel's messages wait, so that nothing
+/// is decided on a partial picture.
+pub(super) struct Settling {
+    /// Per node, the members its subscribers were told about by the previous owner (they
+    /// can differ: a node cut off from a change did not hear of it). Ordered, so that the
+    /// corrections go out in the same order on every run.
+    told: BTreeMap<Arc<str>, BTreeSet<Box<str>>>,
+    queued: Vec<(Arc<str>, u64, Body)>,
+    /// The newest view a resync came from: the channel settles once every node is done
+    /// with it.
+    view_version: u64,
+    since: Instant,
+}
+
+impl Settling {
+    /// Whether every node is done with the channel's view, or it waited `deadline`.
+    fn due(&self, done_version: u64, now: Instant, deadline: Duration) -> bool {
+        self.view_version <= done_version || now.saturating_duration_since(self.since) >= deadline
+    }
+}
+
+impl OwnedChannel {
+    /// A channel that starts settling at `now`, for resyncs of `view_version`.
+    fn settling(view_version: u64, now: Instant) -> OwnedChannel {
+        let settling = Settling {
+            told: BTreeMap::new(),
+            queued: Vec::new(),
+            view_version,
+            since: now,
+        };
+        OwnedChannel {
+            settling: Some(Box::new(settling)),
+            ..OwnedChannel::default()
+        }
+    }
+}
+
+impl Owner {
+    /// Holds `body` back while `channel` settles; a channel without state that may have
+    /// subscribers on their way (it just moved here) starts settling first. Returns the
+    /// body when it is to be handled now.
+    pub(super) fn hold(
+        &self,
+        shard: &mut Shard,
+        now: Instant,
+        origin: Origin<'_>,
+        channel: &str,
+        body: Body,
+    ) -> Option<Body> {
+        if !shard.channels.contains_key(channel) {
+            // A sender with a newer view than this node's may know that the channel moved
+            // here before this node does: hold it the same way.
+            let ahead = (origin.view_version > self.view_version.load(Ordering::Relaxed))
+                .then_some(origin.view_version);
+            if let Some(version) = self.taken_over(channel, now).or(ahead) {
+                self.count_owned(1.0);
+                let held = OwnedChannel::settling(version, now);
+                shard.channels.insert(channel.into(), held);
+            }
+        }
+        let settling = shard
+            .channels
+            .get_mut(channel)
+            .and_then(|c| c.settling.as_mut())
+            .filter(|s| s.queued.len() < SETTLING_QUEUE_MAX);
+        let Some(settling) = settling else {
+            return Some(body);
+        };
+        let node = origin.node.into();
+        settling.queued.push((node, origin.incarnation, body));
+        None
+    }
+
+    /// Adds a node's sockets after the channel's owner changed. A channel this node did
+    /// not hold yet settles (see [`Settling`]): its sockets join without events. Sockets
+    /// added to a live channel are joins like any other, without an answer.
+    pub(super) fn resync(
+        &self,
+        shard: &mut Shard,
+        now: Instant,
+        origin: Origin<'_>,
+        channel: &str,
+        resync: Resync,
+        sink: &mut dyn Sink,
+    ) {
+        let kind = ChannelKind::of(channel);
+        let entry = match shard.channels.entry(channel.into()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                self.count_owned(1.0);
+                e.insert(OwnedChannel::settling(origin.view_version, now))
+            }
+        };
+        let node = entry.node_key(origin.node);
+        entry.newest_view = entry.newest_view.max(origin.view_version);
+        let settling = entry.settling.is_some();
+        tracing::debug!(
+            channel,
+            from = origin.node,
+            view_version = origin.view_version,
+            sockets = resync.sockets.len(),
+            settling,
+            "resync"
+        );
+        for subscribe in resync.sockets {
+            let Some(socket) = subscribe.socket.map(SocketId::from) else {
+                continue;
+            };
+            if entry.sockets.contains_key(&socket) {
+                continue;
+            }
+            let mut user = None;
+            if kind.is_presence() {
+                let Some(member) = member_of(subscribe.member) else {
+                    continue;
+                };
+                let user_id = member.user_id.clone();
+                let first = entry
+                    .roster
+                    .get_or_insert_with(Roster::default)
+                    .join(member);
+                if first && !settling {
+                    entry.member_added(channel, &user_id, Some(socket), sink);
+                }
+                user = Some(user_id.into_boxed_str());
+            }
+            let subscriber = Subscriber {
+                node: node.clone(),
+                incarnation: origin.incarnation,
+                user,
+            };
+            entry.add_socket(socket, subscriber);
+        }
+        if let Some(settling) = entry.settling.as_mut() {
+            settling.view_version = settling.view_version.max(origin.view_version);
+            settling
+                .told
+                .entry(node)
+                .or_default()
+                .extend(resync.told_members.into_iter().map(String::into_boxed_str));
+        }
+    }
+
+    /// Ends the settling channels whose nodes are all done (every node finished view
+    /// `done_version`) or that waited `deadline`: members the nodes' subscribers knew and
+    /// that have no socket left are removed (once), members nobody was told about are
+    /// added, an empty channel is vacated; then the messages that waited are handled in
+    /// order. Channels settle in name order, whatever shard they are in.
+    pub fn settle(&self, now: Instant, done_version: u64, deadline: Duration, sink: &mut dyn Sink) {
+        self.end_takeover(now, done_version, deadline);
+        let due = |c: &OwnedChannel| {
+            let settling = c.settling.as_ref();
+            settling.is_some_and(|s| s.due(done_version, now, deadline))
+        };
+        let names = self.sorted_names(|shard, names| {
+            let settled = shard.channels.iter().filter(|(_, c)| due(c));
+            names.extend(settled.map(|(name, _)| name.clone()));
+        });
+        for name in names {
+            let mut shard = self.shard(&name);
+            // The shard was let go meanwhile: the channel may have changed.
+            if shard.channels.get(&name).is_some_and(due) {
+                self.settle_channel(&mut shard, now, &name, sink);
+            }
+        }
+    }
+
+    fn settle_channel(&self, shard: &mut Shard, now: Instant, channel: &str, sink: &mut dyn Sink) {
+        let Some(state) = shard.channels.get_mut(channel) else {
+            return;
+        };
+        let Some(settling) = state.settling.take() else {
+            return;
+        };
+        let Settling {
+            told,
+            queued,
+            view_version,
+            since,
+        } = *settling;
+        tracing::debug!(
+            channel,
+            view_version,
+            waited_ms = now.saturating_duration_since(since).as_millis() as u64,
+            nodes = ?told.keys().collect::<Vec<_>>(),
+            queued = queued.len(),
+            "settled a rebuilt channel"
+        );
+        let members: BTreeSet<Box<str>> = state
+            .roster_ids()
+            .into_iter()
+            .map(String::into_boxed_str)
+            .collect();
+        // The cluster's change, once: webhooks.
+        let known: BTreeSet<&Box<str>> = told.values().flatten().collect();
+        for gone in known.iter().filter(|u| !members.contains(**u)) {
+            sink.webhook(WebhookEvent::MemberRemoved {
+                channel: channel.into(),
+                user_id: (**gone).clone(),
+            });
+        }
+        for new in members.iter().filter(|u| !known.contains(u)) {
+            sink.webhook(WebhookEvent::MemberAdded {
+                channel: channel.into(),
+                user_id: new.clone(),
+            });
+        }
+        // Each node's subscribers: what they were told, corrected to what is.
+        for (node, told) in &told {
+            for gone in told.iter().filter(|u| !members.contains(*u)) {
+                let deliver = OwnedChannel::member_removed_frame(channel, gone);
+                state.send_to(node, channel, deliver, sink);
+            }
+            for new in members.iter().filter(|u| !told.contains(*u)) {
+                if let Some(deliver) = state.member_added_frame(channel, new) {
+                    state.send_to(node, channel, deliver, sink);
+                }
+            }
+        }
+        if state.sockets.is_empty() {
+            shard.channels.remove(channel);
+            self.count_owned(-1.0);
+            // Only a channel some node resynced was occupied before; a placeholder held
+            // for a takeover was not (a false vacated would cancel the occupied after it).
+            if !told.is_empty() {
+                sink.webhook(WebhookEvent::ChannelVacated {
+                    channel: channel.into(),
+                });
+            }
+        }
+        for (node, incarnation, body) in queued {
+            let origin = Origin {
+                node: &node,
+                incarnation,
+                view_version: 0,
+            };
+            self.handle_locked(shard, now, origin, channel, body, sink);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::ws::codec;
+    use crate::owner::testkit::{epoch, origin, owner, resync, Recorded};
+    use relaymesh_proto::mesh::Publish;
+
+    #[test]
+    fn a_rebuilt_channel_removes_only_the_members_that_left() {
+        let owner = owner(100);
+        let room = "presence-moved";
+        let mut sink = Recorded::default();
+        // u3 was only on a node that died: nobody resyncs it.
+        let told = ["u1", "u2", "u3"];
+        resync(&owner, &mut sink, "a", room, &[(1, "u1")], &told);
+        resync(&owner, &mut sink, "b", room, &[(2, "u2"), (3, "u1")], &told);
+        let publish = Publish {
+            frame: codec::text_frame("{}"),
+            ..Publish::default()
+        };
+        let body = Body::Publish(publish);
+        owner.handle(epoch(), origin("c"), room, body, &mut sink);
+        assert!(
+            sink.sent.is_empty(),
+            "a settling channel holds messages back"
+        );
+
+        let deadline = Duration::from_secs(60);
+        owner.settle(epoch(), 0, deadline, &mut sink);
+        assert!(
+            sink.sent.is_empty(),
+            "not every node is done with view 1 yet"
+        );
+        owner.settle(epoch(), 1, deadline, &mut sink);
+        let delivered = sink.delivered();
+        assert_eq!(delivered.len(), 4, "{delivered:?}");
+        assert!(delivered[..2]
+            .iter()
+            .all(|(_, f)| f.contains("member_removed") && f.contains("u3")));
+        assert!(delivered[2..].iter().all(|(_, f)| f == "{}"));
+        assert_eq!(sink.webhook_names(), ["member_removed"]);
+    }
+
+    #[test]
+    fn a_channel_settles_at_its_deadline_even_if_a_node_is_not_done() {
+        let owner = owner(100);
+        let mut sink = Recorded::default();
+        resync(&owner, &mut sink, "a", "presence-late", &[(1, "u1")], &[]);
+        let deadline = Duration::from_secs(2);
+        owner.settle(epoch() + deadline / 2, 0, deadline, &mut sink);
+        assert!(sink.webhooks.is_empty(), "still settling");
+        owner.settle(epoch() + deadline, 0, deadline, &mut sink);
+        // Nobody was told about u1: it is added, once for the cluster and to node a.
+        assert_eq!(sink.webhook_names(), ["member_added"]);
+        assert_eq!(sink.delivered().len(), 1);
+    }
+}
