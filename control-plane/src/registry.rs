@@ -1,8 +1,10 @@
 //! The cluster's state as plain data: members with their leases, apps, and the view
 //! version. Sans-IO: every method takes the time and returns the [`ViewUpdate`] it caused,
-//! which the service persists and broadcasts. Every change moves the version by one.
+//! which the service persists and broadcasts. Every change moves the version by one, and
+//! only to a version reserved on disk ([`Registry::reserve`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use relaymesh_proto::control::{
@@ -21,6 +23,8 @@ pub enum RegistryError {
     UnknownApp(String),
     #[error("an app with key {0:?} exists")]
     DuplicateKey(String),
+    #[error("no view version is reserved on disk")]
+    Unreserved,
 }
 
 /// A registered node and its lease.
@@ -43,8 +47,13 @@ impl MemberRecord {
     }
 }
 
+/// Cloned to make a change on a copy, which replaces the original once it is saved.
+#[derive(Clone)]
 pub struct Registry {
     version: u64,
+    /// The highest version reserved on disk. None above it is handed out: a control plane
+    /// restarted from the disk continues from the reservation and must not reuse one.
+    reserved: u64,
     lease_ttl: Duration,
     members: BTreeMap<String, MemberRecord>,
     /// When a lease was last renewed or granted; nodes go quiet all at once when this
@@ -57,22 +66,24 @@ pub struct Registry {
     leases: HashMap<String, String>,
     apps: BTreeMap<String, App>,
     /// The ring of active members: built on first use after the active set changed, so a
-    /// registration storm does not rebuild it per event.
-    ring: std::cell::OnceCell<Ring>,
+    /// registration storm does not rebuild it per event; shared by copies.
+    ring: Arc<OnceLock<Ring>>,
 }
 
 impl Registry {
-    /// A registry that continues from `version` (never reusing one) with persisted `apps`.
+    /// A registry that continues from `version` (never reusing one) with persisted `apps`;
+    /// it changes nothing until versions above `version` are reserved.
     pub fn new(version: u64, lease_ttl: Duration, apps: Vec<App>) -> Registry {
         Registry {
             version,
+            reserved: version,
             lease_ttl,
             members: BTreeMap::new(),
             last_renewal: Instant::now(),
             stalled: false,
             leases: HashMap::new(),
             apps: apps.into_iter().map(|a| (a.id.clone(), a)).collect(),
-            ring: std::cell::OnceCell::new(),
+            ring: Arc::default(),
         }
     }
 
@@ -84,7 +95,22 @@ impl Registry {
         self.lease_ttl
     }
 
+    /// Versions up to `ceiling` are reserved on disk and may be handed out.
+    pub fn reserve(&mut self, ceiling: u64) {
+        self.reserved = self.reserved.max(ceiling);
+    }
+
+    /// Refuses a change, before anything changed, when no reserved version is left for it.
+    fn check_reserved(&self) -> Result<(), RegistryError> {
+        if self.version < self.reserved {
+            Ok(())
+        } else {
+            Err(RegistryError::Unreserved)
+        }
+    }
+
     fn next(&mut self) -> ViewUpdate {
+        debug_assert!(self.version < self.reserved, "every change checks first");
         self.version += 1;
         ViewUpdate {
             version: self.version,
@@ -94,7 +120,7 @@ impl Registry {
 
     /// Forgets the ring; called whenever the set of active members may have changed.
     fn active_set_changed(&mut self) {
-        self.ring = std::cell::OnceCell::new();
+        self.ring = Arc::default();
     }
 
     fn ring(&self) -> &Ring {
@@ -129,7 +155,8 @@ impl Registry {
         info: NodeInfo,
         lease_id: String,
         state_lost: bool,
-    ) -> ViewUpdate {
+    ) -> Result<ViewUpdate, RegistryError> {
+        self.check_reserved()?;
         self.renewal(now);
         let mut state = NodeState::Joining;
         if let Some(old) = self.members.get(&info.node_id) {
@@ -154,10 +181,11 @@ impl Registry {
         let mut update = self.next();
         update.members.push(record.member());
         self.members.insert(info.node_id, record);
-        update
+        Ok(update)
     }
 
-    /// Renews a lease. The first keepalive makes a joining node active (a view change).
+    /// Renews a lease. The first keepalive makes a joining node active (a view change); with
+    /// no reserved version left it stays joining, its lease renewed, until one is reserved.
     pub fn keep_alive(
         &mut self,
         now: Instant,
@@ -174,13 +202,14 @@ impl Registry {
         }
         self.renewal(now);
         let ttl = self.lease_ttl;
+        let can_change = self.check_reserved().is_ok();
         let record = self
             .members
             .get_mut(&node_id)
             .ok_or(RegistryError::UnknownLease)?;
         record.lease_expires = now + ttl;
         record.load = load;
-        if record.state != NodeState::Joining {
+        if record.state != NodeState::Joining || !can_change {
             return Ok((record.state, None));
         }
         record.state = NodeState::Active;
@@ -193,6 +222,10 @@ impl Registry {
 
     /// Removes the node holding `lease_id`.
     pub fn leave(&mut self, lease_id: &str) -> Result<ViewUpdate, RegistryError> {
+        if !self.leases.contains_key(lease_id) {
+            return Err(RegistryError::UnknownLease);
+        }
+        self.check_reserved()?;
         let node_id = self
             .leases
             .remove(lease_id)
@@ -253,14 +286,14 @@ impl Registry {
     /// Removes every node whose lease ran out; one update for all of them. When no member
     /// renewed for half the TTL, this control plane is the one cut off (or
     /// every node died at once, and then there is no one to hand channels to): nobody is
-    /// expired until renewals resume.
+    /// expired until renewals resume. Nor while no reserved version is left.
     pub fn expire(&mut self, now: Instant) -> Option<(Vec<String>, ViewUpdate)> {
         if !self.members.is_empty()
             && now.saturating_duration_since(self.last_renewal) >= self.lease_ttl / 2
         {
             self.stalled = true;
         }
-        if self.stalled {
+        if self.stalled || self.check_reserved().is_err() {
             return None;
         }
         let expired: Vec<String> = self
@@ -285,6 +318,7 @@ impl Registry {
 
     /// Marks a node draining: it leaves the ring.
     pub fn drain(&mut self, node_id: &str) -> Result<Option<ViewUpdate>, RegistryError> {
+        let reserved = self.check_reserved();
         let record = self
             .members
             .get_mut(node_id)
@@ -292,6 +326,7 @@ impl Registry {
         if record.state == NodeState::Draining {
             return Ok(None);
         }
+        reserved?;
         record.state = NodeState::Draining;
         let member = record.member();
         let mut update = self.next();
@@ -327,6 +362,7 @@ impl Registry {
         {
             return Err(RegistryError::DuplicateKey(app.key));
         }
+        self.check_reserved()?;
         let mut update = self.next();
         update.apps.push(app.clone());
         self.apps.insert(app.id.clone(), app);
@@ -334,9 +370,11 @@ impl Registry {
     }
 
     pub fn delete_app(&mut self, id: &str) -> Result<ViewUpdate, RegistryError> {
-        self.apps
-            .remove(id)
-            .ok_or_else(|| RegistryError::UnknownApp(id.to_owned()))?;
+        if !self.apps.contains_key(id) {
+            return Err(RegistryError::UnknownApp(id.to_owned()));
+        }
+        self.check_reserved()?;
+        self.apps.remove(id);
         let mut update = self.next();
         update.removed_apps.push(id.to_owned());
         Ok(update)
@@ -346,6 +384,13 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry with every version reserved.
+    fn registry(version: u64, ttl: Duration) -> Registry {
+        let mut r = Registry::new(version, ttl, Vec::new());
+        r.reserve(u64::MAX);
+        r
+    }
 
     fn info(id: &str) -> NodeInfo {
         NodeInfo {
@@ -359,8 +404,8 @@ mod tests {
     fn lease_lifecycle_moves_the_version_once_per_change() {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(1);
-        let mut r = Registry::new(10, ttl, Vec::new());
-        let u = r.register(t0, info("a"), "lease-a".into(), false);
+        let mut r = registry(10, ttl);
+        let u = r.register(t0, info("a"), "lease-a".into(), false).unwrap();
         assert_eq!(u.version, 11);
         assert!(r.owner("app", "c").is_none(), "a joining node owns nothing");
         let (state, u) = r.keep_alive(t0, "lease-a", NodeLoad::default()).unwrap();
@@ -372,7 +417,8 @@ mod tests {
         assert!(u.is_none(), "a renewal is not a view change");
         assert!(r.expire(t0 + ttl * 3 / 4).is_none(), "renewed at ttl/2");
         // a stops renewing while b (registered, then renewing) goes on.
-        r.register(t0 + ttl, info("b"), "lease-b".into(), false);
+        r.register(t0 + ttl, info("b"), "lease-b".into(), false)
+            .unwrap();
         let (_, u) = r
             .keep_alive(t0 + ttl + ttl / 4, "lease-b", NodeLoad::default())
             .unwrap();
@@ -389,9 +435,9 @@ mod tests {
     #[test]
     fn re_registering_replaces_the_old_lease() {
         let t0 = Instant::now();
-        let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
-        r.register(t0, info("a"), "old".into(), false);
-        r.register(t0, info("a"), "new".into(), false);
+        let mut r = registry(0, Duration::from_secs(1));
+        r.register(t0, info("a"), "old".into(), false).unwrap();
+        r.register(t0, info("a"), "new".into(), false).unwrap();
         assert!(r.keep_alive(t0, "old", NodeLoad::default()).is_err());
         assert!(r.keep_alive(t0, "new", NodeLoad::default()).is_ok());
         assert_eq!(r.full_view().members.len(), 1);
@@ -401,15 +447,15 @@ mod tests {
     #[test]
     fn the_same_process_registering_again_keeps_its_place() {
         let t0 = Instant::now();
-        let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
+        let mut r = registry(0, Duration::from_secs(1));
         let mut a = info("a");
         a.incarnation = 1;
-        r.register(t0, a.clone(), "l1".into(), false);
+        r.register(t0, a.clone(), "l1".into(), false).unwrap();
         r.keep_alive(t0, "l1", NodeLoad::default()).unwrap();
-        let u = r.register(t0, a.clone(), "l2".into(), false);
+        let u = r.register(t0, a.clone(), "l2".into(), false).unwrap();
         assert_eq!(u.members[0].state, NodeState::Active as i32);
         assert_eq!(r.owner("app", "c").unwrap().node_id, "a");
-        let u = r.register(t0, a.clone(), "l3".into(), true);
+        let u = r.register(t0, a.clone(), "l3".into(), true).unwrap();
         assert_eq!(
             u.members[0].state,
             NodeState::Joining as i32,
@@ -417,7 +463,7 @@ mod tests {
         );
         r.keep_alive(t0, "l3", NodeLoad::default()).unwrap();
         a.incarnation = 2;
-        let u = r.register(t0, a, "l4".into(), false);
+        let u = r.register(t0, a, "l4".into(), false).unwrap();
         assert_eq!(
             u.members[0].state,
             NodeState::Joining as i32,
@@ -430,7 +476,7 @@ mod tests {
     fn restored_members_keep_the_ring_and_get_the_grace() {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(1);
-        let mut r = Registry::new(0, ttl, Vec::new());
+        let mut r = registry(0, ttl);
         r.restore(
             t0,
             [
@@ -442,7 +488,7 @@ mod tests {
             r.owner("app", "c").is_some(),
             "restored active members own channels"
         );
-        let u = r.register(t0, info("a"), "la".into(), false);
+        let u = r.register(t0, info("a"), "la".into(), false).unwrap();
         assert_eq!(u.members[0].state, NodeState::Active as i32);
         // a renews; b never comes back and expires after the TTL and the grace.
         let mut t = t0;
@@ -464,9 +510,9 @@ mod tests {
     fn nobody_expires_while_nobody_renews() {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(1);
-        let mut r = Registry::new(0, ttl, Vec::new());
+        let mut r = registry(0, ttl);
         for id in ["a", "b"] {
-            r.register(t0, info(id), id.into(), false);
+            r.register(t0, info(id), id.into(), false).unwrap();
             r.keep_alive(t0, id, NodeLoad::default()).unwrap();
         }
         // The control plane hears from no one for 10 TTLs: it is the one cut off.
@@ -486,9 +532,9 @@ mod tests {
     #[test]
     fn draining_leaves_the_ring() {
         let t0 = Instant::now();
-        let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
+        let mut r = registry(0, Duration::from_secs(1));
         for id in ["a", "b"] {
-            r.register(t0, info(id), id.into(), false);
+            r.register(t0, info(id), id.into(), false).unwrap();
             r.keep_alive(t0, id, NodeLoad::default()).unwrap();
         }
         r.drain("a").unwrap();
@@ -504,7 +550,7 @@ mod tests {
 
     #[test]
     fn apps_keys_are_unique() {
-        let mut r = Registry::new(0, Duration::from_secs(1), Vec::new());
+        let mut r = registry(0, Duration::from_secs(1));
         let app = |id: &str, key: &str| App {
             id: id.into(),
             key: key.into(),
@@ -521,5 +567,70 @@ mod tests {
             vec!["1".to_owned()]
         );
         assert!(r.delete_app("1").is_err());
+    }
+
+    #[test]
+    fn only_reserved_versions_are_handed_out() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(1);
+        let app = App {
+            id: "1".into(),
+            key: "k".into(),
+            ..App::default()
+        };
+        let mut r = Registry::new(10, ttl, Vec::new());
+        // Nothing reserved yet: a change is refused before it changed anything.
+        assert_eq!(
+            r.register(t0, info("a"), "la".into(), false).unwrap_err(),
+            RegistryError::Unreserved
+        );
+        assert_eq!(
+            r.put_app(app.clone()).unwrap_err(),
+            RegistryError::Unreserved
+        );
+        let empty = r.full_view();
+        assert_eq!(
+            (empty.version, empty.members.len(), empty.apps.len()),
+            (10, 0, 0)
+        );
+
+        r.reserve(13);
+        r.register(t0, info("a"), "la".into(), false).unwrap();
+        r.register(t0, info("b"), "lb".into(), false).unwrap();
+        assert_eq!(r.put_app(app).unwrap().version, 13);
+        // Used up: a keepalive renews the lease without activating, other changes wait.
+        let later = t0 + ttl * 3 / 4;
+        let (state, update) = r.keep_alive(later, "la", NodeLoad::default()).unwrap();
+        assert_eq!((state, update), (NodeState::Joining, None));
+        for refused in [
+            r.delete_app("1").map(|_| ()),
+            r.leave("la").map(|_| ()),
+            r.drain("a").map(|_| ()),
+            r.register(later, info("c"), "lc".into(), false).map(|_| ()),
+        ] {
+            assert_eq!(refused.unwrap_err(), RegistryError::Unreserved);
+        }
+        assert!(
+            r.expire(t0 + ttl).is_none(),
+            "b expires only with a version"
+        );
+        let view = r.full_view();
+        assert_eq!(
+            (view.version, view.members.len(), view.apps.len()),
+            (13, 2, 1)
+        );
+        assert!(r.keep_alive(later, "la", NodeLoad::default()).is_ok());
+
+        r.reserve(20);
+        let (expired, update) = r.expire(t0 + ttl).unwrap();
+        assert_eq!((expired, update.version), (vec!["b".to_owned()], 14));
+        let (state, update) = r.keep_alive(later, "la", NodeLoad::default()).unwrap();
+        assert_eq!((state, update.unwrap().version), (NodeState::Active, 15));
+        r.reserve(1);
+        assert_eq!(
+            r.delete_app("1").unwrap().version,
+            16,
+            "a reservation never shrinks"
+        );
     }
 }

@@ -1,6 +1,11 @@
 //! The gRPC services over the [`Registry`]: one lock around the registry, every change
 //! persisted (when durable state changed) and broadcast to watchers while the lock is held,
 //! so every watcher sees the versions in order.
+//!
+//! A durable change (apps, registrations) is made on a copy of the state, which replaces it
+//! only once saved: a change that cannot be saved is neither kept nor broadcast, and the
+//! operator is told. Membership changes (activations, leaves, drains, expiries) are made in
+//! place and saved within a tick; they use only versions already reserved on disk.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,11 +20,12 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::registry::{Registry, RegistryError};
-use crate::store::{NodeRecord, Snapshot, Store, StoredApp, StoredMember};
+use crate::store::{NodeRecord, Snapshot, Store, StoreError, StoredApp, StoredMember};
 use crate::telemetry;
 use crate::Config;
 
-/// Versions reserved per ceiling write.
+/// Versions reserved per ceiling write; more are reserved once half are used, so that
+/// membership changes, which are not saved as they happen, rarely wait for a reservation.
 const VERSION_RESERVATION: u64 = 1_000;
 /// Updates a watcher may fall behind before it is sent a full view instead. Deltas are
 /// small; a full view of a large cluster is not, so the backlog is deep enough for a
@@ -33,11 +39,30 @@ const STREAM_BUFFER: usize = 64;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+#[derive(Clone)]
 struct State {
     registry: Registry,
+    /// As last saved; its apps and members are taken from the registry on every save.
     snapshot: Snapshot,
-    /// Node records changed since the last save; flushed by [`ControlPlane::expire`]'s tick.
+    /// Membership changed since the last save; flushed by [`ControlPlane::expire`]'s tick.
     nodes_dirty: bool,
+}
+
+impl State {
+    fn reservation_due(&self) -> bool {
+        self.registry.version() + VERSION_RESERVATION / 2 >= self.snapshot.version_ceiling
+    }
+
+    /// A copy to change and save in place of this state. It reserves more versions when
+    /// due, which the copy's registry may hand out as they are saved with it.
+    fn next(&self) -> State {
+        let mut next = self.clone();
+        if next.reservation_due() {
+            next.snapshot.version_ceiling = next.registry.version() + VERSION_RESERVATION;
+            next.registry.reserve(next.snapshot.version_ceiling);
+        }
+        next
+    }
 }
 
 /// The gRPC face of a shared [`ControlPlane`].
@@ -72,6 +97,11 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// What the caller of a change that could not be saved is told.
+fn unavailable(e: &dyn std::fmt::Display) -> Status {
+    Status::unavailable(format!("cannot persist state: {e}"))
+}
+
 impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Status {
         match e {
@@ -80,6 +110,7 @@ impl From<RegistryError> for Status {
                 Status::not_found(e.to_string())
             }
             RegistryError::DuplicateKey(_) => Status::already_exists(e.to_string()),
+            RegistryError::Unreserved => unavailable(&e),
         }
     }
 }
@@ -118,66 +149,85 @@ impl ControlPlane {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves versions on disk before the first is used, then publishes the update.
-    pub fn startup(&self) -> Result<(), crate::store::StoreError> {
+    /// Reserves versions on disk before the first is used.
+    pub fn startup(&self) -> Result<(), StoreError> {
         let mut state = self.lock();
-        let ceiling = state.registry.version() + VERSION_RESERVATION;
-        state.snapshot.version_ceiling = ceiling;
-        self.store.save(&state.snapshot)?;
+        let next = state.next();
+        self.save(&mut state, next)?;
         telemetry::view(&state.registry);
         Ok(())
     }
 
-    /// Persists what `durable` changed (and a new version reservation when needed), then
-    /// broadcasts the update. Called with the lock held.
-    fn commit(&self, state: &mut State, update: ViewUpdate, durable: bool) -> Result<(), Status> {
-        let mut save = durable;
-        if !update.members.is_empty() || !update.removed_nodes.is_empty() {
-            state.snapshot.members = state
-                .registry
-                .members()
-                .map(|m| StoredMember::new(&m.info.node_id, m.state))
-                .collect();
-            // Membership is saved within a tick, not on every keepalive that changes it.
-            state.nodes_dirty = true;
+    /// Saves `next` (from [`State::next`]) and only then makes it the state: after a failed
+    /// save the state is as it was, and a version `next` took is the next change's.
+    fn save(&self, state: &mut State, mut next: State) -> Result<(), StoreError> {
+        next.snapshot.apps = next.registry.apps().map(StoredApp::from).collect();
+        next.snapshot.members = next
+            .registry
+            .members()
+            .map(|m| StoredMember::new(&m.info.node_id, m.state))
+            .collect();
+        if let Err(e) = self.store.save(&next.snapshot) {
+            metrics::counter!(telemetry::SAVE_FAILURES).increment(1);
+            tracing::error!(error = %e, "cannot persist state");
+            return Err(e);
         }
-        if update.version >= state.snapshot.version_ceiling {
-            state.snapshot.version_ceiling = update.version + VERSION_RESERVATION;
-            save = true;
-        }
-        if durable {
-            state.snapshot.apps = state.registry.apps().map(StoredApp::from).collect();
-        }
-        if save {
-            state.nodes_dirty = false;
-            self.store.save(&state.snapshot).map_err(|e| {
-                tracing::error!(error = %e, "cannot persist state");
-                Status::unavailable(format!("cannot persist state: {e}"))
-            })?;
-        }
+        next.nodes_dirty = false;
+        *state = next;
+        Ok(())
+    }
+
+    /// Makes a durable change on a copy of the state, saves it, and only then makes it the
+    /// state and broadcasts it. Called with the lock held.
+    fn change_durably<T>(
+        &self,
+        state: &mut State,
+        change: impl FnOnce(&mut State) -> Result<(T, ViewUpdate), Status>,
+    ) -> Result<T, Status> {
+        let mut next = state.next();
+        let (value, update) = change(&mut next)?;
+        self.save(state, next).map_err(|e| unavailable(&e))?;
+        self.publish(state, update);
+        Ok(value)
+    }
+
+    /// Broadcasts a membership change made in place; it is saved by the next tick. Called
+    /// with the lock held.
+    fn publish_membership(&self, state: &mut State, update: ViewUpdate) {
+        state.nodes_dirty = true;
+        self.publish(state, update);
+    }
+
+    fn publish(&self, state: &State, update: ViewUpdate) {
         telemetry::view(&state.registry);
         // No receiver is fine: nobody watches yet.
         let _ = self.updates.send(Arc::new(update));
-        Ok(())
     }
 
-    /// Removes expired leases and saves changed node records; called periodically.
+    /// Saves changed membership and reserves versions when due, then removes expired
+    /// leases; called periodically.
     pub fn expire(&self) {
         let mut state = self.lock();
-        if state.nodes_dirty {
-            // Node records are informational: saved within a tick, not on every registration.
-            match self.store.save(&state.snapshot) {
-                Ok(()) => state.nodes_dirty = false,
-                Err(e) => tracing::error!(error = %e, "cannot persist node records"),
-            }
+        if state.nodes_dirty || state.reservation_due() {
+            let next = state.next();
+            // Logged and counted; tried again on the next tick.
+            let _ = self.save(&mut state, next);
         }
         if let Some((expired, update)) = state.registry.expire(Instant::now()) {
             for node_id in &expired {
                 tracing::warn!(node_id, "lease expired");
             }
             metrics::counter!(telemetry::LEASE_EXPIRIES).increment(expired.len() as u64);
-            let _ = self.commit(&mut state, update, false);
+            self.publish_membership(&mut state, update);
         }
+    }
+
+    /// Adds or replaces an app, durably.
+    fn put_app(&self, state: &mut State, app: App) -> Result<App, Status> {
+        self.change_durably(state, |next| {
+            let update = next.registry.put_app(app.clone())?;
+            Ok((app, update))
+        })
     }
 
     fn app_from_settings(&self, base: App, settings: Option<AppSettings>) -> Result<App, Status> {
@@ -288,25 +338,27 @@ impl Membership for Service {
                 require("node_id", &info.node_id)?;
                 require("region", &info.region)?;
                 let lease_id = random_hex(16);
+                let (node_id, region) = (info.node_id.clone(), info.region.clone());
                 let mut state = self.lock();
-                let record = NodeRecord::new(&info, unix_ms());
-                state.snapshot.nodes.retain(|n| n.node_id != record.node_id);
-                state.snapshot.nodes.push(record);
-                if state.snapshot.nodes.len() > NODE_RECORDS_MAX {
-                    // Pushed in registration order: the front is the least recent.
-                    let excess = state.snapshot.nodes.len() - NODE_RECORDS_MAX;
-                    state.snapshot.nodes.drain(..excess);
-                }
-                tracing::info!(
-                    node_id = info.node_id,
-                    region = info.region,
-                    "node registered"
-                );
-                let update =
-                    state
-                        .registry
-                        .register(Instant::now(), info, lease_id.clone(), state_lost);
-                self.commit(&mut state, update, true)?;
+                self.change_durably(&mut state, |next| {
+                    let nodes = &mut next.snapshot.nodes;
+                    let record = NodeRecord::new(&info, unix_ms());
+                    nodes.retain(|n| n.node_id != record.node_id);
+                    nodes.push(record);
+                    if nodes.len() > NODE_RECORDS_MAX {
+                        // Pushed in registration order: the front is the least recent.
+                        let excess = nodes.len() - NODE_RECORDS_MAX;
+                        nodes.drain(..excess);
+                    }
+                    let update = next.registry.register(
+                        Instant::now(),
+                        info,
+                        lease_id.clone(),
+                        state_lost,
+                    )?;
+                    Ok(((), update))
+                })?;
+                tracing::info!(node_id, region, "node registered");
                 Ok(Response::new(RegisterResponse {
                     lease_id,
                     ttl_ms: self.config.lease_ttl.as_millis() as u64,
@@ -344,7 +396,7 @@ impl Membership for Service {
                     {
                         Ok((node_state, update)) => {
                             if let Some(update) = update {
-                                let _ = control.commit(&mut state, update, false);
+                                control.publish_membership(&mut state, update);
                             }
                             Ok(KeepAliveResponse {
                                 ttl_ms: control.config.lease_ttl.as_millis() as u64,
@@ -376,7 +428,7 @@ impl Membership for Service {
             (|| {
                 let mut state = self.lock();
                 let update = state.registry.leave(&request.get_ref().lease_id)?;
-                self.commit(&mut state, update, false)?;
+                self.publish_membership(&mut state, update);
                 Ok(Response::new(LeaveResponse {}))
             })(),
         )
@@ -391,7 +443,7 @@ impl Membership for Service {
             (|| {
                 let mut state = self.lock();
                 if let Some(update) = state.registry.drain_lease(&request.get_ref().lease_id)? {
-                    self.commit(&mut state, update, false)?;
+                    self.publish_membership(&mut state, update);
                 }
                 Ok(Response::new(DrainSelfResponse {}))
             })(),
@@ -481,7 +533,7 @@ impl Ops for Service {
             (|| {
                 let mut state = self.lock();
                 if let Some(update) = state.registry.drain(&request.get_ref().node_id)? {
-                    self.commit(&mut state, update, false)?;
+                    self.publish_membership(&mut state, update);
                 }
                 Ok(Response::new(DrainNodeResponse {}))
             })(),
@@ -540,8 +592,7 @@ impl Ops for Service {
                     webhooks: Vec::new(),
                 };
                 let app = self.app_from_settings(defaults, request.into_inner().settings)?;
-                let update = state.registry.put_app(app.clone())?;
-                self.commit(&mut state, update, true)?;
+                let app = self.put_app(&mut state, app)?;
                 tracing::info!(app_id = app.id, "app created");
                 Ok(Response::new(app))
             })(),
@@ -571,9 +622,7 @@ impl Ops for Service {
                     .cloned()
                     .ok_or_else(|| Status::not_found(format!("no app {:?}", request.app_id)))?;
                 let app = self.app_from_settings(current, request.settings)?;
-                let update = state.registry.put_app(app.clone())?;
-                self.commit(&mut state, update, true)?;
-                Ok(Response::new(app))
+                Ok(Response::new(self.put_app(&mut state, app)?))
             })(),
         )
     }
@@ -586,8 +635,10 @@ impl Ops for Service {
             "DeleteApp",
             (|| {
                 let mut state = self.lock();
-                let update = state.registry.delete_app(&request.get_ref().app_id)?;
-                self.commit(&mut state, update, true)?;
+                self.change_durably(&mut state, |next| {
+                    let update = next.registry.delete_app(&request.get_ref().app_id)?;
+                    Ok(((), update))
+                })?;
                 Ok(Response::new(DeleteAppResponse {}))
             })(),
         )
@@ -609,9 +660,7 @@ impl Ops for Service {
                         Status::not_found(format!("no app {:?}", request.get_ref().app_id))
                     })?;
                 app.secret = random_hex(16);
-                let update = state.registry.put_app(app.clone())?;
-                self.commit(&mut state, update, true)?;
-                Ok(Response::new(app))
+                Ok(Response::new(self.put_app(&mut state, app)?))
             })(),
         )
     }
@@ -633,5 +682,201 @@ impl Ops for Service {
             totals.messages_out_per_sec += m.load.messages_out_per_sec;
         }
         observed("ClusterTotals", Ok(Response::new(totals)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use tokio::sync::broadcast::error::TryRecvError;
+    use tonic::Code;
+
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new() -> Dir {
+            let name = format!("relaymesh-server-{:016x}", rand::random::<u64>());
+            Dir(std::env::temp_dir().join(name))
+        }
+
+        /// The store's temporary file as a non-empty directory: saves fail, even for root.
+        fn break_disk(&self) {
+            std::fs::create_dir_all(self.0.join("state.json.tmp").join("blocker")).unwrap();
+        }
+
+        fn repair_disk(&self) {
+            std::fs::remove_dir_all(self.0.join("state.json.tmp")).unwrap();
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn start(dir: &Path) -> Service {
+        let (store, snapshot) = Store::open(dir).unwrap();
+        let (_, stopping) = watch::channel(false);
+        let control =
+            ControlPlane::new(Config::for_test(dir.to_owned()), store, snapshot, stopping);
+        control.startup().unwrap();
+        Service(Arc::new(control))
+    }
+
+    async fn create(cp: &Service) -> Result<App, Status> {
+        let request = Request::new(CreateAppRequest { settings: None });
+        cp.create_app(request).await.map(Response::into_inner)
+    }
+
+    async fn apps(cp: &Service) -> Vec<App> {
+        let listed = cp.list_apps(Request::new(ListAppsRequest {})).await;
+        let mut apps = listed.unwrap().into_inner().apps;
+        apps.sort_by(|a, b| a.id.cmp(&b.id));
+        apps
+    }
+
+    fn register_request(node_id: &str) -> Request<RegisterRequest> {
+        Request::new(RegisterRequest {
+            node: Some(NodeInfo {
+                node_id: node_id.into(),
+                region: "eu".into(),
+                ..NodeInfo::default()
+            }),
+            state_lost: false,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_durable_change_that_cannot_be_saved_is_neither_kept_nor_broadcast() {
+        let dir = Dir::new();
+        let cp = start(&dir.0);
+        let mut updates = cp.updates.subscribe();
+        let kept = create(&cp).await.unwrap();
+        let version = updates.try_recv().unwrap().version;
+
+        dir.break_disk();
+        let app_id = kept.id.clone();
+        let refused = [
+            create(&cp).await.map(drop),
+            cp.update_app(Request::new(UpdateAppRequest {
+                app_id: app_id.clone(),
+                settings: Some(AppSettings {
+                    enabled: Some(false),
+                    ..AppSettings::default()
+                }),
+            }))
+            .await
+            .map(drop),
+            cp.rotate_secret(Request::new(RotateSecretRequest {
+                app_id: app_id.clone(),
+            }))
+            .await
+            .map(drop),
+            cp.delete_app(Request::new(DeleteAppRequest { app_id }))
+                .await
+                .map(drop),
+            cp.register(register_request("a")).await.map(drop),
+        ];
+        for result in refused {
+            let status = result.unwrap_err();
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert!(
+                status.message().starts_with("cannot persist state: "),
+                "{status:?}"
+            );
+        }
+        assert_eq!(apps(&cp).await, vec![kept.clone()], "nothing changed");
+        assert_eq!(cp.lock().registry.members().count(), 0);
+        assert_eq!(cp.lock().registry.version(), version);
+        assert_eq!(updates.try_recv().unwrap_err(), TryRecvError::Empty);
+
+        dir.repair_disk();
+        let later = create(&cp).await.unwrap();
+        assert_eq!(
+            updates.try_recv().unwrap().version,
+            version + 1,
+            "the refused changes took no version"
+        );
+        let restarted = start(&dir.0);
+        let mut expected = vec![kept, later];
+        expected.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(apps(&restarted).await, expected, "what was saved, only");
+        assert!(restarted.lock().registry.version() > version + 1);
+    }
+
+    #[tokio::test]
+    async fn membership_is_saved_by_a_tick_once_the_disk_takes_it() {
+        let dir = Dir::new();
+        let cp = start(&dir.0);
+        let lease_id = cp
+            .register(register_request("a"))
+            .await
+            .unwrap()
+            .into_inner()
+            .lease_id;
+        let mut updates = cp.updates.subscribe();
+        let saved_members = || Store::open(&dir.0).unwrap().1.members;
+        assert_eq!(
+            saved_members(),
+            [StoredMember::new("a", NodeState::Joining)]
+        );
+
+        dir.break_disk();
+        // A membership change goes on without a save, on a version reserved before.
+        let drain = DrainNodeRequest {
+            node_id: "a".into(),
+        };
+        cp.drain_node(Request::new(drain)).await.unwrap();
+        assert!(updates.try_recv().is_ok());
+        cp.expire();
+        assert!(cp.lock().nodes_dirty, "a failed save is tried again");
+        assert_eq!(
+            saved_members(),
+            [StoredMember::new("a", NodeState::Joining)]
+        );
+        // Leaving is not refused: its version was reserved when the registration was saved.
+        cp.leave(Request::new(LeaveRequest { lease_id }))
+            .await
+            .unwrap();
+
+        dir.repair_disk();
+        cp.expire();
+        assert!(!cp.lock().nodes_dirty);
+        assert_eq!(saved_members(), []);
+    }
+
+    #[test]
+    fn a_copy_reserves_versions_that_the_state_gets_only_with_it() {
+        let dir = Dir::new();
+        let (store, snapshot) = Store::open(&dir.0).unwrap();
+        let (_, stopping) = watch::channel(false);
+        let control = ControlPlane::new(Config::for_test(dir.0.clone()), store, snapshot, stopping);
+        let app = App {
+            id: "1".into(),
+            key: "k".into(),
+            ..App::default()
+        };
+        let mut state = control.lock();
+        let mut next = state.next();
+        assert_eq!(next.snapshot.version_ceiling, VERSION_RESERVATION);
+        assert!(next.registry.put_app(app.clone()).is_ok());
+        assert_eq!(
+            state.registry.put_app(app.clone()).unwrap_err(),
+            RegistryError::Unreserved,
+            "not saved yet"
+        );
+        dir.break_disk();
+        assert!(control.save(&mut state, next).is_err());
+        assert_eq!(state.snapshot.version_ceiling, 0);
+        assert!(state.registry.put_app(app.clone()).is_err());
+        dir.repair_disk();
+        let next = state.next();
+        control.save(&mut state, next).unwrap();
+        assert_eq!(state.snapshot.version_ceiling, VERSION_RESERVATION);
+        assert_eq!(state.registry.put_app(app).unwrap().version, 1);
     }
 }

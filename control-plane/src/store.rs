@@ -245,6 +245,15 @@ mod tests {
         let (info, state) = snapshot.members[0].restore(&snapshot.nodes).unwrap();
         assert_eq!((info.incarnation, state), (7, NodeState::Draining));
         assert_eq!(Store::open(&dir).unwrap().1, snapshot);
+        // A save that fails (its temporary file cannot be created, even by root) leaves the
+        // last snapshot in place.
+        fs::create_dir_all(dir.join(format!("{FILE}.tmp")).join("blocker")).unwrap();
+        let newer = Snapshot {
+            version_ceiling: 3000,
+            ..Snapshot::default()
+        };
+        assert!(matches!(store.save(&newer), Err(StoreError::Io { .. })));
+        assert_eq!(Store::open(&dir).unwrap().1, snapshot);
         fs::write(dir.join(FILE), b"{not json").unwrap();
         assert!(matches!(Store::open(&dir), Err(StoreError::Corrupt { .. })));
         fs::remove_dir_all(&dir).unwrap();

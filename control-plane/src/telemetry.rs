@@ -18,6 +18,9 @@ pub const APPS: &str = "relaymesh_control_apps";
 pub const LEASE_EXPIRIES: &str = "relaymesh_control_lease_expiries_total";
 /// gRPC calls, by method and status code.
 pub const API_CALLS: &str = "relaymesh_control_api_calls_total";
+/// Failed saves of the state file: a durable change refused, or membership left unsaved
+/// until a later tick.
+pub const SAVE_FAILURES: &str = "relaymesh_control_state_save_failures_total";
 
 /// Label sets of [`NODES`] emitted so far, so a vanished one is set back to zero.
 static NODE_LABELS: Mutex<BTreeMap<(String, String), ()>> = Mutex::new(BTreeMap::new());

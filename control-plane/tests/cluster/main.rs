@@ -15,4 +15,5 @@ mod ops;
 mod rebalance;
 mod restart;
 mod routing;
+mod save_failure;
 mod watch;
