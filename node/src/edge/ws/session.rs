@@ -480,7 +480,12 @@ impl Session {
 
     /// Leaves every channel and signs out; called once when the connection ends.
     pub fn end(&mut self) {
-        for (channel, _) in std::mem::take(&mut self.subscriptions) {
+        // In name order, so that a replayed run sends the same messages.
+        let mut channels: Vec<Box<str>> = std::mem::take(&mut self.subscriptions)
+            .into_keys()
+            .collect();
+        channels.sort_unstable();
+        for channel in channels {
             self.leave(&channel);
         }
         if let Some(user) = self.user.take() {

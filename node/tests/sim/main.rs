@@ -1,0 +1,308 @@
+//! Deterministic cluster scenarios: several nodes in one process over in-memory links,
+//! a simulated control plane and clock, clients, publishers and one fault per scenario,
+//! all chosen by a seed. After the run every invariant of `check.rs` must hold; a failing
+//! seed is printed with the end of its trace and replays exactly with
+//! `RELAYMESH_SIM_SEED=<seed> cargo test -p relaymesh-node --test sim -- --nocapture`.
+//!
+//! `RELAYMESH_SIM_SEEDS` sets how many seeds each scenario runs (CI: the default below;
+//! docs/benchmarks.md has a longer run).
+
+mod check;
+mod clients;
+mod world;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clients::Population;
+use rand::Rng;
+use world::World;
+
+const SEEDS_DEFAULT: u64 = 100;
+const NODES: usize = 3;
+const CHANNELS: [&str; 6] = [
+    "c-0",
+    "c-1",
+    "c-2",
+    "presence-0",
+    "presence-1",
+    "presence-2",
+];
+/// When the workload runs, and when the fault happens.
+const LOAD_FROM: Duration = Duration::from_millis(1_500);
+const FAULT_AT: Duration = Duration::from_millis(3_000);
+const HEAL_AT: Duration = Duration::from_millis(5_500);
+const LOAD_UNTIL: Duration = Duration::from_millis(8_000);
+/// Long enough for every settle, retry and subscription timeout to have happened.
+const END: Duration = Duration::from_millis(20_000);
+const STEP: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// The owner of a presence channel is killed.
+    KillOwner,
+    /// A fourth node joins while clients subscribe and publish.
+    JoinUnderLoad,
+    /// The link between two nodes is cut, then healed.
+    Partition,
+    /// A node loses the control plane (it is fenced, then comes back).
+    ControlPlaneCut,
+    /// A node is drained: it hands its channels over and sends its clients away.
+    Drain,
+    /// The control plane restarts: every node registers again.
+    ControlPlaneRestart,
+}
+
+const SCENARIOS: [Scenario; 6] = [
+    Scenario::KillOwner,
+    Scenario::JoinUnderLoad,
+    Scenario::Partition,
+    Scenario::ControlPlaneCut,
+    Scenario::Drain,
+    Scenario::ControlPlaneRestart,
+];
+
+struct Outcome {
+    violations: Vec<String>,
+    trace: Vec<String>,
+    acked: usize,
+    delivered: usize,
+}
+
+/// The node that owns `channel` in node 0's view (any live node's, if node 0 is gone).
+fn owner_of(world: &World, channel: &str) -> Option<usize> {
+    let node = world.nodes.iter().find(|n| n.alive)?;
+    let view = node.shared.view.borrow();
+    let owner = view.owner_of(&world::app().id, channel)?;
+    world.nodes.iter().position(|n| n.id == owner)
+}
+
+fn alive(world: &World) -> Vec<usize> {
+    (0..world.nodes.len())
+        .filter(|i| world.nodes[*i].alive)
+        .collect()
+}
+
+fn fault(world: &mut World, people: &mut Population, scenario: Scenario) -> Option<(usize, usize)> {
+    let target = owner_of(world, "presence-0").unwrap_or(0);
+    match scenario {
+        Scenario::KillOwner => {
+            world.kill(target);
+            people.node_died(world, target);
+        }
+        Scenario::JoinUnderLoad => {
+            world.add_node();
+        }
+        Scenario::Partition => {
+            let other = alive(world).into_iter().find(|i| *i != target)?;
+            world.partition(target, other);
+            return Some((target, other));
+        }
+        Scenario::ControlPlaneCut => {
+            world.reach_control_plane(target, false);
+            return Some((target, target));
+        }
+        Scenario::Drain => world.drain(target),
+        Scenario::ControlPlaneRestart => world.restart_control_plane(),
+    }
+    None
+}
+
+fn heal(world: &mut World, scenario: Scenario, hurt: Option<(usize, usize)>) {
+    match (scenario, hurt) {
+        (Scenario::Partition, Some((a, b))) => world.heal(a, b),
+        (Scenario::ControlPlaneCut, Some((a, _))) => world.reach_control_plane(a, true),
+        _ => {}
+    }
+}
+
+/// One random thing a client or the publisher does.
+fn act(world: &mut World, people: &mut Population) {
+    let nodes = alive(world);
+    if nodes.is_empty() {
+        return;
+    }
+    let roll = world.rng.random_range(0..100);
+    let channel = CHANNELS[world.rng.random_range(0..CHANNELS.len())];
+    let connected: Vec<usize> = (0..people.clients.len())
+        .filter(|c| people.clients[*c].connected)
+        .collect();
+    let pick = |world: &mut World, from: &[usize]| from[world.rng.random_range(0..from.len())];
+    match roll {
+        0..=44 => {
+            let node = pick(world, &nodes);
+            people.publish(world, node, channel);
+        }
+        45..=64 if !connected.is_empty() => {
+            let client = pick(world, &connected);
+            people.subscribe(world, client, channel);
+        }
+        65..=74 if !connected.is_empty() => {
+            let client = pick(world, &connected);
+            let subscribed: Vec<String> = people.clients[client].channels.keys().cloned().collect();
+            if !subscribed.is_empty() {
+                let channel = subscribed[world.rng.random_range(0..subscribed.len())].clone();
+                people.unsubscribe(world, client, &channel);
+            }
+        }
+        75..=79 if !connected.is_empty() => {
+            let client = pick(world, &connected);
+            people.disconnect(world, client);
+        }
+        _ => {
+            let node = pick(world, &nodes);
+            let client = people.connect(world, node);
+            people.subscribe(world, client, channel);
+        }
+    }
+}
+
+fn run(scenario: Scenario, seed: u64) -> Outcome {
+    let mut world = World::new(seed);
+    let mut people = Population::default();
+    for _ in 0..NODES {
+        world.add_node();
+    }
+    let mut drains = BTreeMap::new();
+    let mut next_action = LOAD_FROM;
+    let mut faulted = false;
+    let mut healed = false;
+    let mut hurt = None;
+    while world.now < END {
+        world.run_timers(&mut drains);
+        world.collect();
+        while world.deliver_one() {
+            world.collect();
+        }
+        people.poll(&mut world);
+        if !faulted && world.now >= FAULT_AT {
+            faulted = true;
+            hurt = fault(&mut world, &mut people, scenario);
+        }
+        if !healed && world.now >= HEAL_AT {
+            healed = true;
+            heal(&mut world, scenario, hurt);
+        }
+        if world.now >= next_action && world.now < LOAD_UNTIL {
+            act(&mut world, &mut people);
+            next_action = world.now + Duration::from_millis(world.rng.random_range(1..15));
+        }
+        world.collect();
+        world.advance(STEP);
+    }
+    people.poll(&mut world);
+    let violations = check::violations(&world, &people);
+    let acked = people
+        .publishes
+        .iter()
+        .filter(|p| p.acked == Some(true))
+        .count();
+    let delivered = people
+        .clients
+        .iter()
+        .flat_map(|c| c.channels.values().chain(c.left.iter().map(|(_, s)| s)))
+        .map(|s| s.events.len())
+        .sum();
+    Outcome {
+        violations,
+        trace: world.trace,
+        acked,
+        delivered,
+    }
+}
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("RELAYMESH_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let count = std::env::var("RELAYMESH_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SEEDS_DEFAULT);
+    (0..count).collect()
+}
+
+/// Runs `scenario` on every seed; panics with the failing seeds and a trace.
+fn hold(scenario: Scenario) {
+    let mut failures = Vec::new();
+    let (mut acked, mut delivered, mut runs) = (0, 0, 0);
+    for seed in seeds() {
+        let outcome = run(scenario, seed);
+        runs += 1;
+        acked += outcome.acked;
+        delivered += outcome.delivered;
+        if !outcome.violations.is_empty() {
+            failures.push((seed, outcome));
+        }
+    }
+    println!(
+        "{scenario:?}: {runs} seeds, {acked} acknowledged publishes, {delivered} deliveries, {} failing",
+        failures.len()
+    );
+    if let Some((seed, outcome)) = failures.first() {
+        let tail = outcome.trace.len().saturating_sub(60);
+        panic!(
+            "{scenario:?} broke its invariants on {} of {runs} seeds: {:?}\nseed {seed}:\n  {}\nlast steps:\n{}",
+            failures.len(),
+            failures.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            outcome.violations.iter().take(10).cloned().collect::<Vec<_>>().join("\n  "),
+            outcome.trace[tail..].join("\n")
+        );
+    }
+    assert!(acked > 0 && delivered > 0, "the workload ran");
+}
+
+#[test]
+fn kill_owner() {
+    hold(Scenario::KillOwner);
+}
+
+#[test]
+fn join_under_load() {
+    hold(Scenario::JoinUnderLoad);
+}
+
+#[test]
+fn partition_and_heal() {
+    hold(Scenario::Partition);
+}
+
+#[test]
+fn control_plane_cut() {
+    hold(Scenario::ControlPlaneCut);
+}
+
+#[test]
+fn drain() {
+    hold(Scenario::Drain);
+}
+
+#[test]
+fn control_plane_restart() {
+    hold(Scenario::ControlPlaneRestart);
+}
+
+#[test]
+fn a_seed_replays_the_same_run() {
+    for scenario in SCENARIOS {
+        let first = run(scenario, 7).trace;
+        let second = run(scenario, 7).trace;
+        assert!(first.len() > 100, "{scenario:?} did something");
+        if let Some(at) = (0..first.len().min(second.len())).find(|i| first[*i] != second[*i]) {
+            let from = at.saturating_sub(5);
+            panic!(
+                "{scenario:?}: seed 7 ran differently twice, from step {at}:\n{}\n---\n{}",
+                first[from..(at + 5).min(first.len())].join("\n"),
+                second[from..(at + 5).min(second.len())].join("\n")
+            );
+        }
+        assert_eq!(
+            first.len(),
+            second.len(),
+            "{scenario:?}: seed 7 ran differently twice"
+        );
+    }
+}
