@@ -59,6 +59,8 @@ pub struct Shared {
     cluster: Mutex<Core<oneshot::Sender<Reply>>>,
     /// Where the node's time comes from.
     clock: Clock,
+    /// Frames an owner here could not send to a node: probed on the next tick.
+    pub lost_sends: route::LostSends,
     /// Set when the node wants the control plane to mark it draining.
     pub drain_requested: watch::Sender<bool>,
     /// Set when a drain finished: the process may exit.
@@ -119,6 +121,7 @@ impl Shared {
             peers: mesh::peers::Peers::default(),
             incarnation: identity.incarnation,
             clock,
+            lost_sends: route::LostSends::default(),
             drain_requested: watch::Sender::new(false),
             drained: watch::Sender::new(false),
             socket_node: identity.socket_node,

@@ -156,7 +156,10 @@ fn resync(
             &mut route::owner_sink(shared, &app),
         );
         let parts = app.hub.parts(
-            |channel| all || view.moved_since(previous, &app.id, channel),
+            |channel| {
+                let moved = view.moved_since(previous, &app.id, channel);
+                (all || moved).then_some(moved)
+            },
             |channel| view.owner_of(&app.id, channel).map(str::to_owned),
             view.version,
         );

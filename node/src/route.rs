@@ -8,7 +8,8 @@
 //! [`receive`]. Without `[mesh]` the node owns every channel, so a standalone node takes
 //! the same path without a single encoded message.
 
-use std::sync::Weak;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use tokio::sync::oneshot;
 use crate::app::App;
 use crate::cluster::requests::{RequestError, Waiter};
 use crate::edge::outbox::SocketId;
-use crate::hub::Sender;
+use crate::hub::{Answer, Remote, Sender};
 use crate::owner::{Origin, Sink};
 use crate::webhooks::WebhookEvent;
 use crate::{telemetry, Shared};
@@ -308,10 +309,13 @@ impl Sink for Dispatch<'_> {
         if node == self.shared.node_id {
             edge_receive(self.shared, self.app, channel, body, None);
         } else {
+            let numbered = matches!(&body, Body::Deliver(d) if d.seq > 0);
             let envelope = envelope(self.shared, &self.app.id, channel, body);
-            // A lost delivery is counted in `send`; the owner keeps the node's sockets and
-            // delivers again once the link is back.
-            let _ = send(self.shared, node, &envelope);
+            // The node sees the gap in the numbers with the channel's next frame, or with
+            // the probe the next tick sends it.
+            if send(self.shared, node, &envelope).is_err() && numbered {
+                self.shared.lost_sends.add(&self.app.id, channel, node);
+            }
         }
     }
 
@@ -341,8 +345,14 @@ fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body, sender: S
         }
         Body::SubscribeResult(result) => {
             if let Some(socket) = result.socket.map(SocketId::from) {
-                let (accepted, frames, roster) = (result.accepted, result.frames, result.roster);
-                app.hub.complete(channel, socket, accepted, frames, roster);
+                let answer = Answer {
+                    socket,
+                    accepted: result.accepted,
+                    frames: result.frames,
+                    roster: result.roster,
+                    seq: result.seq,
+                };
+                app.hub.complete(channel, answer, sender);
             }
         }
         Body::Reply(reply) => shared.cluster().requests.complete(reply),
@@ -415,7 +425,11 @@ pub fn receive(shared: &Shared, now: Instant, peer: &str, envelope: Envelope, bo
         return owner_receive(shared, &app, now, origin, "", body);
     }
     if !is_owner_bound(&body) {
-        let sender = Some((envelope.origin.as_str(), envelope.view_version));
+        let sender = Some(Remote {
+            node: &envelope.origin,
+            incarnation: envelope.incarnation,
+            view_version: envelope.view_version,
+        });
         return edge_receive(shared, &app, &envelope.channel, body, sender);
     }
     // A resync numbers nothing: keep it, the sender's view is newer than this node's.
@@ -489,6 +503,7 @@ fn refuse(shared: &Shared, envelope: &Envelope, body: &Body, why: Refusal) {
                 accepted: false,
                 frames: vec![crate::edge::ws::codec::text_frame(&text)],
                 roster: Vec::new(),
+                seq: 0,
             })
         }
         _ => return,
@@ -559,10 +574,37 @@ pub fn spawn_ticker(shared: Weak<Shared>) {
     });
 }
 
-/// Sends throttled subscription counts and fails subscriptions whose owner did not answer.
+/// Sends throttled subscription counts, probes the nodes that frames could not be sent to,
+/// and fails subscriptions whose owner did not answer.
 pub fn tick(shared: &Shared, now: Instant) {
+    for (app_id, channel, node) in shared.lost_sends.take() {
+        if let Some(app) = shared.apps.by_id(&app_id) {
+            let mut dispatch = Dispatch { shared, app: &app };
+            app.owner.probe(&channel, &node, &mut dispatch);
+        }
+    }
     for app in shared.apps.all() {
         tick_app(shared, &app, now);
+    }
+}
+
+/// Channels (of an app) whose numbered frame could not be sent to a node.
+#[derive(Default)]
+pub struct LostSends(Mutex<BTreeSet<(Arc<str>, Box<str>, Box<str>)>>);
+
+/// Beyond this many, a loss is found with the channel's next frame only.
+const LOST_SENDS_MAX: usize = 65_536;
+
+impl LostSends {
+    fn add(&self, app_id: &Arc<str>, channel: &str, node: &str) {
+        let mut lost = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lost.len() < LOST_SENDS_MAX {
+            lost.insert((app_id.clone(), channel.into(), node.into()));
+        }
+    }
+
+    fn take(&self) -> BTreeSet<(Arc<str>, Box<str>, Box<str>)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

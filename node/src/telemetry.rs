@@ -44,6 +44,9 @@ pub const MESH_FORWARDED: &str = "relaymesh_mesh_forwarded_total";
 /// Member events from a channel's previous owner that arrived after this node resynced
 /// the channel to its new owner (which corrects the members from the resync instead).
 pub const STALE_MEMBER_EVENTS: &str = "relaymesh_stale_member_events_total";
+/// Frames of a channel that an owner sent this node and that never arrived (a broken or
+/// full link): the channel's subscribers here are told to reconnect (4200).
+pub const DELIVERY_GAPS: &str = "relaymesh_delivery_gaps_total";
 /// 1 while the node has lost its lease and acts as owner of nothing.
 pub const FENCED: &str = "relaymesh_fenced";
 /// Channels this node owns that have subscribers somewhere, by app.

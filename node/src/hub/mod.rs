@@ -13,10 +13,15 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+mod numbering;
+
 use bytes::Bytes;
+use relaymesh_proto::codes::ErrorCode;
 use relaymesh_proto::mesh::{Deliver, Member};
 
 use crate::edge::outbox::{Conn, Pushed, SocketId};
+pub use numbering::Remote;
+use numbering::{Check, Numbering};
 
 const SHARDS: usize = 64;
 
@@ -50,10 +55,26 @@ struct Channel {
     /// another node with an older view are late news from the previous owner, which the
     /// new owner corrects from `told` as it was sent, so they are dropped.
     resynced_to: Option<(Box<str>, u64)>,
+    /// The numbers of the frames received from remote owners.
+    numbering: Numbering,
+    /// Subscribed sockets that asked again: the owner's next answer is theirs (any
+    /// other answer for a subscribed socket is a late duplicate, from a previous owner).
+    asked_again: HashSet<SocketId>,
 }
 
-/// Who sent a delivery: another node with its view version; `None` for this node's owner.
-pub type Sender<'a> = Option<(&'a str, u64)>;
+/// Who sent an edge-bound message: another node; `None` for this node's own owner (a
+/// direct call, which cannot lose anything).
+pub type Sender<'a> = Option<Remote<'a>>;
+
+/// An owner's answer to a subscription.
+pub struct Answer {
+    pub socket: SocketId,
+    pub accepted: bool,
+    pub frames: Vec<Bytes>,
+    pub roster: Vec<String>,
+    /// The number of the last frame the owner sent this node for the channel.
+    pub seq: u64,
+}
 
 /// This node's part of a channel, for its new owner.
 pub struct ChannelPart {
@@ -73,10 +94,39 @@ type Shard = HashMap<Box<str>, Channel>;
 impl Channel {
     fn is_stale(&self, sender: Sender<'_>) -> bool {
         match (sender, &self.resynced_to) {
-            (Some((node, view)), Some((owner, resynced_at))) => {
-                node != &**owner && view < *resynced_at
+            (Some(from), Some((owner, resynced_at))) => {
+                from.node != &**owner && from.view_version < *resynced_at
             }
             _ => false,
+        }
+    }
+
+    /// Frames were lost for the subscribed sockets (but `spared`): they cannot get them
+    /// back, so they are asked to reconnect, which gives their client a fresh start.
+    fn lost_frames(&mut self, channel: &str, spared: Option<SocketId>) {
+        let mut told = 0;
+        for (socket, conn) in &self.subscribers {
+            if Some(*socket) != spared {
+                conn.close(
+                    ErrorCode::ReconnectImmediately.as_u16(),
+                    "Messages of a channel were lost: reconnect",
+                );
+                told += 1;
+            }
+        }
+        if told > 0 {
+            tracing::warn!(
+                channel,
+                clients = told,
+                "frames from the channel's owner were lost"
+            );
+            metrics::counter!(crate::telemetry::DELIVERY_GAPS).increment(1);
+            for _ in 0..told {
+                crate::telemetry::count_error(
+                    Some(ErrorCode::ReconnectImmediately.as_u16()),
+                    "delivery_gap",
+                );
+            }
         }
     }
 }
@@ -122,6 +172,7 @@ impl Hub {
         let mut shard = self.shard(channel);
         let entry = shard.entry(channel.into()).or_default();
         if entry.subscribers.contains_key(&conn.socket_id) {
+            entry.asked_again.insert(conn.socket_id);
             return;
         }
         let pending = Pending {
@@ -169,16 +220,17 @@ impl Hub {
     }
 
     /// The owner answered a subscription: the socket gets the answer's frames and, when
-    /// accepted, the channel's frames from now on. Nothing happens for a socket that left.
-    /// `roster` is the presence roster the frames told the socket about.
-    pub fn complete(
-        &self,
-        channel: &str,
-        socket: SocketId,
-        accepted: bool,
-        frames: Vec<Bytes>,
-        roster: Vec<String>,
-    ) {
+    /// accepted, the channel's frames from now on, which continue from the answer's `seq`.
+    /// Nothing happens for a socket that left. `roster` is the presence roster the frames
+    /// told the socket about.
+    pub fn complete(&self, channel: &str, answer: Answer, sender: Sender<'_>) {
+        let Answer {
+            socket,
+            accepted,
+            frames,
+            roster,
+            seq,
+        } = answer;
         let mut shard = self.shard(channel);
         let Some(entry) = shard.get_mut(channel) else {
             return;
@@ -190,6 +242,11 @@ impl Hub {
                     _ => frames,
                 };
                 if accepted {
+                    if let Some(from) = sender {
+                        if entry.numbering.answer(from, seq) == Check::Gap {
+                            entry.lost_frames(channel, None);
+                        }
+                    }
                     entry.subscribers.insert(socket, pending.conn.clone());
                     if let Some(member) = pending.member {
                         entry.members.insert(socket, member);
@@ -201,10 +258,11 @@ impl Hub {
                 }
                 (pending.conn, frames)
             }
-            None => match entry.subscribers.get(&socket) {
+            None if entry.asked_again.remove(&socket) => match entry.subscribers.get(&socket) {
                 Some(conn) => (conn.clone(), frames),
                 None => return,
             },
+            None => return,
         };
         for frame in frames {
             conn.push(frame);
@@ -221,6 +279,7 @@ impl Hub {
             return false;
         };
         let subscribed = entry.subscribers.remove(&socket).is_some();
+        entry.asked_again.remove(&socket);
         if subscribed {
             entry.members.remove(&socket);
             self.count_subscriptions(-1);
@@ -247,6 +306,15 @@ impl Hub {
         let Some(state) = shard.get_mut(channel) else {
             return 0;
         };
+        if let Some(from) = sender {
+            let probe = deliver.frame.is_empty();
+            if state.numbering.frame(from, deliver.seq, probe) == Check::Gap {
+                state.lost_frames(channel, None);
+            }
+            if probe {
+                return 0;
+            }
+        }
         let member_event = !deliver.member_added.is_empty() || !deliver.member_removed.is_empty();
         if member_event && state.is_stale(sender) {
             metrics::counter!(crate::telemetry::STALE_MEMBER_EVENTS).increment(1);
@@ -274,21 +342,28 @@ impl Hub {
     /// sockets and members too, so that the resyncs are the same on every run.
     pub fn parts(
         &self,
-        moved: impl Fn(&str) -> bool,
+        moved: impl Fn(&str) -> Option<bool>,
         owner: impl Fn(&str) -> Option<String>,
         view_version: u64,
     ) -> Vec<ChannelPart> {
         let mut parts = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            for (name, channel) in shard.iter_mut().filter(|(name, _)| moved(name)) {
+            for (name, channel) in shard.iter_mut() {
+                let Some(owner_changed) = moved(name) else {
+                    continue;
+                };
                 for pending in channel.pending.values_mut() {
                     pending.unsent = true;
+                }
+                let new_owner = owner(name);
+                if let (true, Some(owner)) = (owner_changed, &new_owner) {
+                    channel.numbering.expect_fresh(owner);
                 }
                 if channel.subscribers.is_empty() {
                     continue;
                 }
-                channel.resynced_to = owner(name).map(|o| (o.into_boxed_str(), view_version));
+                channel.resynced_to = new_owner.map(|o| (o.into_boxed_str(), view_version));
                 let mut sockets: Vec<_> = channel
                     .subscribers
                     .keys()
@@ -351,6 +426,25 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn accepted(socket: SocketId, roster: Vec<String>) -> Answer {
+        Answer {
+            socket,
+            accepted: true,
+            frames: Vec::new(),
+            roster,
+            seq: 0,
+        }
+    }
+
+    /// A remote owner, with frames unnumbered (numbering has its own tests).
+    fn from(node: &str, view_version: u64) -> Sender<'_> {
+        Some(Remote {
+            node,
+            incarnation: 1,
+            view_version,
+        })
+    }
+
     fn member_added(user: &str) -> Deliver {
         Deliver {
             frame: Bytes::from_static(b"frame"),
@@ -392,10 +486,10 @@ mod tests {
             let conn = Arc::new(Conn::new(*socket, 100, 1 << 20));
             hub.begin(channel, &conn, None, None);
             let told = vec!["u2".into(), socket.seq.to_string(), "u1".into()];
-            hub.complete(channel, *socket, true, Vec::new(), told);
+            hub.complete(channel, accepted(*socket, told), None);
         }
         let parts: Vec<_> = hub
-            .parts(|_| true, |_| None, 1)
+            .parts(|_| Some(true), |_| None, 1)
             .into_iter()
             .flat_map(|p| {
                 assert!(p.told.is_sorted(), "{:?}", p.told);
@@ -414,31 +508,29 @@ mod tests {
         hub.begin("presence-room", &conn, None, None);
         hub.complete(
             "presence-room",
-            conn.socket_id,
-            true,
-            Vec::new(),
-            vec!["u1".into()],
+            accepted(conn.socket_id, vec!["u1".into()]),
+            None,
         );
         // Before any resync, every sender is the owner it claims to be.
         assert_eq!(
-            hub.deliver("presence-room", &member_added("u2"), Some(("b", 8))),
+            hub.deliver("presence-room", &member_added("u2"), from("b", 8)),
             1
         );
-        let parts = hub.parts(|_| true, |_| Some("c".into()), 9);
+        let parts = hub.parts(|_| Some(true), |_| Some("c".into()), 9);
         let told: HashSet<String> = parts[0].told.iter().cloned().collect();
         assert_eq!(told, HashSet::from(["u1".into(), "u2".into()]));
         // b owned it in view 8: its late news is dropped; c (the new owner) and anyone
         // with a view at least as new are heard, and so is this node's own owner.
         assert_eq!(
-            hub.deliver("presence-room", &member_added("u3"), Some(("b", 8))),
+            hub.deliver("presence-room", &member_added("u3"), from("b", 8)),
             0
         );
         assert_eq!(
-            hub.deliver("presence-room", &member_added("u3"), Some(("c", 8))),
+            hub.deliver("presence-room", &member_added("u3"), from("c", 8)),
             1
         );
         assert_eq!(
-            hub.deliver("presence-room", &member_added("u4"), Some(("b", 9))),
+            hub.deliver("presence-room", &member_added("u4"), from("b", 9)),
             1
         );
         assert_eq!(hub.deliver("presence-room", &member_added("u5"), None), 1);
@@ -447,6 +539,6 @@ mod tests {
             frame: Bytes::from_static(b"event"),
             ..Deliver::default()
         };
-        assert_eq!(hub.deliver("presence-room", &event, Some(("b", 8))), 1);
+        assert_eq!(hub.deliver("presence-room", &event, from("b", 8)), 1);
     }
 }

@@ -24,14 +24,22 @@ pub(super) struct Subscriber {
     pub(super) user: Option<Box<str>>,
 }
 
+/// A node with subscribers of the channel.
+#[derive(Debug, PartialEq)]
+pub(super) struct Interest {
+    pub(super) node: Arc<str>,
+    pub(super) sockets: u32,
+    /// Frames sent to the node for the channel since it got its first subscriber: the
+    /// number of the last one, which lets the node see a frame that never arrived.
+    pub(super) sent: u64,
+}
+
 #[derive(Default)]
 pub(super) struct OwnedChannel {
-    /// Numbers every frame the owner sends for the channel.
-    pub(super) seq: u64,
     pub(super) sockets: HashMap<SocketId, Subscriber>,
-    /// Nodes with subscribers and how many each has. A list, not a map: frames go to the
-    /// nodes in its order, which then follows the order of the subscriptions.
-    pub(super) interest: Vec<(Arc<str>, u32)>,
+    /// Nodes with subscribers. A list, not a map: frames go to the nodes in its order,
+    /// which then follows the order of the subscriptions.
+    pub(super) interest: Vec<Interest>,
     /// Present on presence channels only.
     pub(super) roster: Option<Roster>,
     /// When the subscription count was last sent (subscription counting).
@@ -54,24 +62,37 @@ impl OwnedChannel {
     pub(super) fn node_key(&self, node: &str) -> Arc<str> {
         self.interest
             .iter()
-            .find(|(n, _)| &**n == node)
-            .map_or_else(|| node.into(), |(n, _)| n.clone())
+            .find(|i| &*i.node == node)
+            .map_or_else(|| node.into(), |i| i.node.clone())
     }
 
     pub(super) fn add_interest(&mut self, node: &Arc<str>) {
-        match self.interest.iter_mut().find(|(n, _)| n == node) {
-            Some((_, count)) => *count += 1,
-            None => self.interest.push((node.clone(), 1)),
+        match self.interest.iter_mut().find(|i| &i.node == node) {
+            Some(interest) => interest.sockets += 1,
+            None => self.interest.push(Interest {
+                node: node.clone(),
+                sockets: 1,
+                sent: 0,
+            }),
         }
     }
 
     pub(super) fn remove_interest(&mut self, node: &str) {
-        if let Some(i) = self.interest.iter().position(|(n, _)| &**n == node) {
-            self.interest[i].1 -= 1;
-            if self.interest[i].1 == 0 {
+        if let Some(i) = self.interest.iter().position(|i| &*i.node == node) {
+            self.interest[i].sockets -= 1;
+            if self.interest[i].sockets == 0 {
                 self.interest.swap_remove(i);
             }
         }
+    }
+
+    /// The number of the last frame sent to `node` (0 before the first, or without
+    /// subscribers there).
+    pub(super) fn sent_to(&self, node: &str) -> u64 {
+        self.interest
+            .iter()
+            .find(|i| &*i.node == node)
+            .map_or(0, |i| i.sent)
     }
 
     /// Adds a socket of `node` and the node's interest.
@@ -96,7 +117,7 @@ impl OwnedChannel {
         self.send_to_interest(channel, deliver, sink);
     }
 
-    /// Sends `deliver`, numbered, to one node.
+    /// Sends `deliver`, numbered, to one node (unnumbered to a node without subscribers).
     pub(super) fn send_to(
         &mut self,
         node: &str,
@@ -104,23 +125,38 @@ impl OwnedChannel {
         deliver: Deliver,
         sink: &mut dyn Sink,
     ) {
-        self.seq += 1;
-        let body = Body::Deliver(Deliver {
-            seq: self.seq,
-            ..deliver
-        });
-        sink.send(node, channel, body);
+        let seq = match self.interest.iter_mut().find(|i| &*i.node == node) {
+            Some(interest) => {
+                interest.sent += 1;
+                interest.sent
+            }
+            None => 0,
+        };
+        sink.send(node, channel, Body::Deliver(Deliver { seq, ..deliver }));
     }
 
     /// Sends `deliver`, numbered, to every node with subscribers.
     fn send_to_interest(&mut self, channel: &str, deliver: Deliver, sink: &mut dyn Sink) {
-        self.seq += 1;
-        for (node, _) in &self.interest {
+        for interest in &mut self.interest {
+            interest.sent += 1;
             let body = Body::Deliver(Deliver {
-                seq: self.seq,
+                seq: interest.sent,
                 ..deliver.clone()
             });
-            sink.send(node, channel, body);
+            sink.send(&interest.node, channel, body);
+        }
+    }
+
+    /// Repeats the number of the last frame sent to `node`, after a send to it failed: a
+    /// node that missed frames learns it even when no other frame follows.
+    pub(super) fn probe(&self, node: &str, channel: &str, sink: &mut dyn Sink) {
+        let seq = self.sent_to(node);
+        if seq > 0 {
+            let probe = Deliver {
+                seq,
+                ..Deliver::default()
+            };
+            sink.send(node, channel, Body::Deliver(probe));
         }
     }
 
@@ -206,7 +242,13 @@ mod tests {
             };
             channel.add_socket(SocketId { node: 1, seq }, subscriber);
         }
-        assert_eq!(channel.interest, [("b".into(), 2), ("a".into(), 1)]);
+        let interest = |c: &OwnedChannel| -> Vec<(String, u32)> {
+            c.interest
+                .iter()
+                .map(|i| (i.node.to_string(), i.sockets))
+                .collect()
+        };
+        assert_eq!(interest(&channel), [("b".into(), 2), ("a".into(), 1)]);
         let mut sink = Recorded::default();
         channel.deliver("news", Bytes::from_static(b"x"), None, &mut sink);
         channel.send_to("a", "news", Deliver::default(), &mut sink);
@@ -218,9 +260,16 @@ mod tests {
                 _ => None,
             })
             .collect();
+        // Each node's frames are numbered on their own: a gap means a lost frame.
         assert_eq!(sent, [("b".into(), 1), ("a".into(), 1), ("a".into(), 2)]);
         channel.remove_interest("b");
         channel.remove_interest("b");
-        assert_eq!(channel.interest, [("a".into(), 1)]);
+        assert_eq!(interest(&channel), [("a".into(), 1)]);
+        assert_eq!(channel.sent_to("a"), 2);
+        assert_eq!(
+            channel.sent_to("b"),
+            0,
+            "b starts again from 1 when it comes back"
+        );
     }
 }

@@ -129,6 +129,14 @@ impl Owner {
         metrics::gauge!(telemetry::OWNED_CHANNELS, "app" => self.app_id.clone()).increment(delta);
     }
 
+    /// Repeats to `node` the number of the last frame of `channel` sent to it (after a
+    /// send failed), so that it sees what it missed even if no frame follows.
+    pub fn probe(&self, channel: &str, node: &str, sink: &mut dyn Sink) {
+        if let Some(state) = self.shard(channel).channels.get(channel) {
+            state.probe(node, channel, sink);
+        }
+    }
+
     /// Handles one owner-bound message about `channel` from `origin`, at `now`.
     pub fn handle(
         &self,

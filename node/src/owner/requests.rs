@@ -88,7 +88,7 @@ pub(super) fn terminate(
     sink: &mut dyn Sink,
 ) {
     let state = shard.channels.get(channel);
-    for (node, _) in state.iter().flat_map(|s| &s.interest) {
+    for node in state.iter().flat_map(|s| &s.interest).map(|i| &i.node) {
         let close = CloseSockets {
             code: ErrorCode::Unauthorized.as_u16().into(),
             reason: "You got disconnected by the app.".into(),

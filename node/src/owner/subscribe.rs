@@ -44,19 +44,24 @@ impl Owner {
                 e.insert(OwnedChannel::default())
             }
         };
-        let answer = |accepted, frames, roster| {
+        // `seq`: the number of the last frame sent to the node, which its frames of the
+        // channel continue from.
+        let answer = |accepted, frames, roster, seq| {
             Body::SubscribeResult(SubscribeResult {
                 socket: Some(socket.into()),
                 accepted,
                 frames,
                 roster,
+                seq,
             })
         };
+        let sent = entry.sent_to(origin.node);
         if entry.sockets.contains_key(&socket) {
             let body = answer(
                 true,
                 vec![entry.succeeded_frame(channel)],
                 entry.roster_ids(),
+                sent,
             );
             sink.send(origin.node, channel, body);
             return;
@@ -69,7 +74,7 @@ impl Owner {
             let refuse = |message: &str, status: u16, error: &str| {
                 telemetry::count_error(Some(status), "presence_refused");
                 let text = frame::subscription_error(channel, error, message, status);
-                answer(false, vec![codec::text_frame(&text)], Vec::new())
+                answer(false, vec![codec::text_frame(&text)], Vec::new(), sent)
             };
             let refused = match member_of(subscribe.member) {
                 None => Err(refuse("Invalid presence member", 400, "InvalidChannelData")),
@@ -134,7 +139,8 @@ impl Owner {
                 }
             }
         }
-        sink.send(origin.node, channel, answer(true, frames, roster));
+        let sent = entry.sent_to(origin.node);
+        sink.send(origin.node, channel, answer(true, frames, roster, sent));
     }
 
     /// Removes a socket: `member_removed` on its user's last connection in the mesh,

@@ -34,7 +34,7 @@ fn acknowledged_events_arrive_once_in_order(
     found: &mut Vec<String>,
 ) {
     for (index, client) in people.clients.iter().enumerate() {
-        let stayed = client.connected && world.nodes[client.node].alive;
+        let stayed = client.connected && !client.interrupted && world.nodes[client.node].alive;
         let subscriptions = client
             .channels
             .iter()

@@ -42,6 +42,11 @@ pub struct Client {
     /// Channels left, with what they received while subscribed.
     pub left: Vec<(String, Subscription)>,
     pub closed_with: Option<u16>,
+    /// Its node dropped out of the view at some point: the cluster took its subscriptions
+    /// away, so it did not stay connected to a node that stayed.
+    pub interrupted: bool,
+    /// Whether its subscriptions count as present in the cluster (its node is in the view).
+    counted: bool,
 }
 
 /// A publish through the HTTP API path of a node.
@@ -55,16 +60,29 @@ pub struct Publish {
     pub acked_at: Option<Duration>,
 }
 
-/// For each presence channel and user: when the user's live sockets went to zero and when
-/// they came back, so that member events can be told real from spurious.
+/// For each presence channel and user: when the user's subscribed sockets went to zero,
+/// and its subscriptions asked for (answered or not), so that member events can be told
+/// real from spurious.
 #[derive(Default)]
 pub struct Truth {
     pub sockets: BTreeMap<(String, String), u32>,
     pub went: BTreeMap<(String, String), Vec<Duration>>,
     pub came: BTreeMap<(String, String), Vec<Duration>>,
+    /// Subscriptions asked for and not ended, and when each was asked for.
+    pub asked: BTreeMap<(String, String), u32>,
+    pub asked_at: BTreeMap<(String, String), Vec<Duration>>,
 }
 
 impl Truth {
+    fn ask(&mut self, channel: &str, user: &str, delta: i32, now: Duration) {
+        let key = (channel.to_owned(), user.to_owned());
+        let count = self.asked.entry(key.clone()).or_default();
+        *count = (*count as i32 + delta).max(0) as u32;
+        if delta > 0 {
+            self.asked_at.entry(key).or_default().push(now);
+        }
+    }
+
     fn change(&mut self, channel: &str, user: &str, delta: i32, now: Duration) {
         let key = (channel.to_owned(), user.to_owned());
         let count = self.sockets.entry(key.clone()).or_default();
@@ -115,6 +133,8 @@ impl Population {
             channels: BTreeMap::new(),
             left: Vec::new(),
             closed_with: None,
+            interrupted: false,
+            counted: true,
         });
         world.log(format!("c{index} connects to n{node}"));
         index
@@ -141,7 +161,7 @@ impl Population {
         c.session.on_text(&text.to_string());
         if channel.starts_with("presence-") {
             let user = c.user.clone();
-            self.truth.change(channel, &user, 1, world.now);
+            self.truth.ask(channel, &user, 1, world.now);
         }
     }
 
@@ -150,6 +170,7 @@ impl Population {
         let Some(sub) = c.channels.remove(channel) else {
             return;
         };
+        let was_member = sub.succeeded_at.is_some();
         c.left.push((channel.to_owned(), sub));
         let text = serde_json::json!({"event": "pusher:unsubscribe", "data": {"channel": channel}});
         world.log(format!("c{client} unsubscribes {channel}"));
@@ -157,7 +178,10 @@ impl Population {
         c.session.on_text(&text.to_string());
         if channel.starts_with("presence-") {
             let user = c.user.clone();
-            self.truth.change(channel, &user, -1, world.now);
+            self.truth.ask(channel, &user, -1, world.now);
+            if was_member && c.counted {
+                self.truth.change(channel, &user, -1, world.now);
+            }
         }
     }
 
@@ -177,10 +201,19 @@ impl Population {
     fn lose(&mut self, world: &World, client: usize) {
         let c = &mut self.clients[client];
         c.connected = false;
-        let channels: Vec<String> = c.channels.keys().cloned().collect();
+        let counted = std::mem::replace(&mut c.counted, false);
+        let channels: Vec<(String, bool)> = c
+            .channels
+            .iter()
+            .filter(|(c, _)| c.starts_with("presence-"))
+            .map(|(c, s)| (c.clone(), s.succeeded_at.is_some()))
+            .collect();
         let user = c.user.clone();
-        for channel in channels.iter().filter(|c| c.starts_with("presence-")) {
-            self.truth.change(channel, &user, -1, world.now);
+        for (channel, was_member) in channels {
+            self.truth.ask(&channel, &user, -1, world.now);
+            if was_member && counted {
+                self.truth.change(&channel, &user, -1, world.now);
+            }
         }
     }
 
@@ -234,25 +267,56 @@ impl Population {
                 }
             }
         }
+        // Membership first: a node that left the view took its users with it before any
+        // frame about them is read.
+        for index in 0..self.clients.len() {
+            if self.clients[index].connected {
+                self.follow_membership(world, index);
+            }
+        }
+        // Frames before closes: what a node sent before closing a client was real then.
+        for index in 0..self.clients.len() {
+            if self.clients[index].connected {
+                for frame in self.clients[index].conn.take_queued() {
+                    self.read(world, index, &frame);
+                }
+            }
+        }
         for index in 0..self.clients.len() {
             if !self.clients[index].connected {
                 continue;
             }
-            let frames = self.clients[index].conn.take_queued();
-            for frame in frames {
-                self.read(world, index, &frame);
-            }
             if let Some(close) = self.clients[index].conn.closing() {
-                world.log(format!(
-                    "c{index} closed by n{} with {}",
-                    self.clients[index].node, close.code
-                ));
-                self.clients[index].closed_with = Some(close.code);
                 let node = self.clients[index].node;
+                world.log(format!("c{index} closed by n{node} with {}", close.code));
+                self.clients[index].closed_with = Some(close.code);
                 world.nodes[node].shared.set_now(world.at());
                 self.clients[index].session.end();
                 self.lose(world, index);
             }
+        }
+    }
+
+    /// A client whose node left the view is no longer present in the cluster; it is again
+    /// once its node is back.
+    fn follow_membership(&mut self, world: &World, client: usize) {
+        let c = &mut self.clients[client];
+        let in_view = world.in_view(c.node);
+        if in_view == c.counted {
+            return;
+        }
+        c.counted = in_view;
+        c.interrupted |= !in_view;
+        let delta = if in_view { 1 } else { -1 };
+        let user = c.user.clone();
+        let present: Vec<String> = c
+            .channels
+            .iter()
+            .filter(|(name, s)| name.starts_with("presence-") && s.succeeded_at.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for channel in present {
+            self.truth.change(&channel, &user, delta, world.now);
         }
     }
 
@@ -284,6 +348,13 @@ impl Population {
                         .push(format!("c{client}: {channel} succeeded twice at {now:?}"));
                 }
                 sub.succeeded_at = Some(now);
+                if c.counted && channel.starts_with("presence-") {
+                    let user = c.user.clone();
+                    self.truth.change(&channel, &user, 1, now);
+                }
+                let Some(sub) = self.clients[client].channels.get_mut(&channel) else {
+                    return;
+                };
                 if let Some(ids) = data["presence"]["ids"].as_array() {
                     sub.roster = ids
                         .iter()
@@ -299,11 +370,13 @@ impl Population {
                 let user = data["user_id"].as_str().unwrap_or_default().to_owned();
                 let key = (channel.clone(), user.clone());
                 let since = sub.learned.get(&user).copied().unwrap_or_default();
-                let came = self
-                    .truth
-                    .came
-                    .get(&key)
-                    .is_some_and(|t| t.iter().any(|t| *t >= since));
+                let since_then = |times: Option<&Vec<Duration>>| {
+                    times.is_some_and(|t| t.iter().any(|t| *t >= since))
+                };
+                // Asked for, or back with its node.
+                let came = self.truth.asked.get(&key).is_some_and(|n| *n > 0)
+                    || since_then(self.truth.asked_at.get(&key))
+                    || since_then(self.truth.came.get(&key));
                 if sub.roster.contains(&user) || !came {
                     self.violations.push(format!(
                         "c{client}: spurious member_added {user} on {channel} at {now:?} (roster {:?})",
@@ -317,11 +390,12 @@ impl Population {
                 let user = data["user_id"].as_str().unwrap_or_default().to_owned();
                 let key = (channel.clone(), user.clone());
                 let since = sub.learned.get(&user).copied().unwrap_or_default();
-                let went = self
-                    .truth
-                    .went
-                    .get(&key)
-                    .is_some_and(|t| t.iter().any(|t| *t >= since));
+                let went = self.truth.sockets.get(&key).is_none_or(|n| *n == 0)
+                    || self
+                        .truth
+                        .went
+                        .get(&key)
+                        .is_some_and(|t| t.iter().any(|t| *t >= since));
                 if !sub.roster.contains(&user) || !went {
                     self.violations.push(format!(
                         "c{client}: spurious member_removed {user} on {channel} at {now:?} (roster {:?})",
@@ -341,10 +415,14 @@ impl Population {
             "pusher:subscription_error" => {
                 // Refused (an owner that did not answer in time): the client gave up on it.
                 let sub = c.channels.remove(&channel).unwrap_or_default();
+                let was_member = sub.succeeded_at.is_some();
                 c.left.push((channel.clone(), sub));
                 if channel.starts_with("presence-") {
                     let user = c.user.clone();
-                    self.truth.change(&channel, &user, -1, now);
+                    self.truth.ask(&channel, &user, -1, now);
+                    if was_member && c.counted {
+                        self.truth.change(&channel, &user, -1, now);
+                    }
                 }
             }
             _ => {}

@@ -306,3 +306,20 @@ fn a_seed_replays_the_same_run() {
         );
     }
 }
+
+/// Prints the whole trace of `RELAYMESH_SIM_TRACE=<scenario>:<seed>` (debugging aid).
+#[test]
+fn trace_on_request() {
+    let Ok(wanted) = std::env::var("RELAYMESH_SIM_TRACE") else {
+        return;
+    };
+    let (name, seed) = wanted.split_once(':').expect("scenario:seed");
+    let scenario = SCENARIOS
+        .into_iter()
+        .find(|s| format!("{s:?}") == name)
+        .expect("a scenario name");
+    let outcome = run(scenario, seed.parse().expect("a seed"));
+    for line in outcome.trace.iter().chain(&outcome.violations) {
+        println!("{line}");
+    }
+}

@@ -72,6 +72,8 @@ pub struct World {
     next_tick: Duration,
     next_route_tick: Duration,
     pub numbering: Numbering,
+    /// Draining nodes that closed their clients, and when.
+    clients_sent_away: BTreeMap<usize, Duration>,
     /// Every step, for the repeatability check and for reading a failure.
     pub trace: Vec<String>,
     _runtime: tokio::runtime::Runtime,
@@ -100,6 +102,7 @@ impl World {
             next_tick: Duration::ZERO,
             next_route_tick: Duration::ZERO,
             numbering: Numbering::default(),
+            clients_sent_away: BTreeMap::new(),
             trace: Vec::new(),
             _runtime: runtime,
         }
@@ -220,8 +223,16 @@ impl World {
         self.link_members();
     }
 
-    /// Every pair of live members of the view that is not cut holds a link.
+    /// Every pair of live members of the view that is not cut holds a link; a node that
+    /// left the view loses its links (its peers drop them, as `mesh/peers.rs` does).
     fn link_members(&mut self) {
+        for a in 0..self.nodes.len() {
+            if !self.in_view(a) {
+                for b in 0..self.nodes.len() {
+                    self.disconnect(a.min(b), a.max(b));
+                }
+            }
+        }
         let members: Vec<usize> = self
             .registry
             .values()
@@ -324,7 +335,15 @@ impl World {
         }
     }
 
-    /// Drained nodes whose channels were handed over send their clients away and leave.
+    /// Whether the control plane counts the node as a member.
+    pub fn in_view(&self, index: usize) -> bool {
+        self.registry
+            .get(&self.nodes[index].id)
+            .is_some_and(|r| r.index == index)
+    }
+
+    /// Drained nodes whose channels were handed over send their clients away, and leave
+    /// once the clients had time to go (their sessions end in between).
     fn finish_drains(&mut self, drain_started: &mut BTreeMap<usize, Duration>) {
         let draining: Vec<(String, usize)> = self
             .registry
@@ -337,17 +356,25 @@ impl World {
             let shared = self.nodes[index].shared.clone();
             let view = shared.view.borrow().version;
             let handed_over = shared.cluster().everyone_done() >= view;
-            if handed_over || self.now >= started + Duration::from_secs(5) {
-                for app in shared.apps.all() {
-                    app.close_all(4200, "Node is draining: reconnect to another node");
+            let sent_away = self.clients_sent_away.get(&index).copied();
+            match sent_away {
+                None if handed_over || self.now >= started + Duration::from_secs(5) => {
+                    for app in shared.apps.all() {
+                        app.close_all(4200, "Node is draining: reconnect to another node");
+                    }
+                    self.log(format!("n{index} sends its clients away"));
+                    self.clients_sent_away.insert(index, self.now);
                 }
-                self.registry.remove(&id);
-                self.log(format!("n{index} drained and left"));
-                self.nodes[index].alive = false;
-                for other in 0..self.nodes.len() {
-                    self.disconnect(index.min(other), index.max(other));
+                Some(at) if self.now >= at + Duration::from_millis(500) => {
+                    self.registry.remove(&id);
+                    self.log(format!("n{index} drained and left"));
+                    self.nodes[index].alive = false;
+                    for other in 0..self.nodes.len() {
+                        self.disconnect(index.min(other), index.max(other));
+                    }
+                    self.publish_view();
                 }
-                self.publish_view();
+                _ => {}
             }
         }
     }
