@@ -347,6 +347,7 @@ fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body, sender: S
             if let Some(socket) = result.socket.map(SocketId::from) {
                 let answer = Answer {
                     socket,
+                    owner: sender.map_or(&*shared.node_id, |s| s.node).into(),
                     accepted: result.accepted,
                     frames: result.frames,
                     roster: result.roster,

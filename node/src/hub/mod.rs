@@ -33,6 +33,9 @@ struct Pending {
     member: Option<Member>,
     /// The owner could not be reached yet: to be sent again.
     unsent: bool,
+    /// The new owner it went to in a resync: only that owner's answer counts (the
+    /// previous owner's answer was made on a picture the new owner corrects).
+    resynced_to: Option<Box<str>>,
 }
 
 /// A subscription to send (again) to its owner.
@@ -69,6 +72,8 @@ pub type Sender<'a> = Option<Remote<'a>>;
 /// An owner's answer to a subscription.
 pub struct Answer {
     pub socket: SocketId,
+    /// The node that answered.
+    pub owner: Box<str>,
     pub accepted: bool,
     pub frames: Vec<Bytes>,
     pub roster: Vec<String>,
@@ -181,6 +186,7 @@ impl Hub {
             on_accept,
             member,
             unsent: false,
+            resynced_to: None,
         };
         entry.pending.insert(conn.socket_id, pending);
     }
@@ -222,10 +228,12 @@ impl Hub {
     /// The owner answered a subscription: the socket gets the answer's frames and, when
     /// accepted, the channel's frames from now on, which continue from the answer's `seq`.
     /// Nothing happens for a socket that left. `roster` is the presence roster the frames
-    /// told the socket about.
+    /// told the socket about. A socket that went to a new owner in a resync waits for that
+    /// owner's answer.
     pub fn complete(&self, channel: &str, answer: Answer, sender: Sender<'_>) {
         let Answer {
             socket,
+            owner,
             accepted,
             frames,
             roster,
@@ -235,6 +243,14 @@ impl Hub {
         let Some(entry) = shard.get_mut(channel) else {
             return;
         };
+        let superseded = entry
+            .pending
+            .get(&socket)
+            .and_then(|p| p.resynced_to.as_deref())
+            .is_some_and(|to| to != &*owner);
+        if superseded {
+            return;
+        }
         let (conn, frames) = match entry.pending.remove(&socket) {
             Some(pending) => {
                 let frames = match (accepted, pending.on_accept) {
@@ -360,14 +376,20 @@ impl Hub {
                 if let (true, Some(owner)) = (owner_changed, &new_owner) {
                     channel.numbering.expect_fresh(owner);
                 }
-                if channel.subscribers.is_empty() {
+                if channel.subscribers.is_empty() && channel.pending.is_empty() {
                     continue;
                 }
                 channel.resynced_to = new_owner.map(|o| (o.into_boxed_str(), view_version));
+                // Pending sockets too: the previous owner may have accepted them (and told
+                // the others about their members) with its answer still on its way.
+                for pending in channel.pending.values_mut() {
+                    pending.resynced_to = channel.resynced_to.as_ref().map(|(o, _)| o.clone());
+                }
                 let mut sockets: Vec<_> = channel
                     .subscribers
                     .keys()
                     .map(|s| (*s, channel.members.get(s).cloned()))
+                    .chain(channel.pending.iter().map(|(s, p)| (*s, p.member.clone())))
                     .collect();
                 sockets.sort_unstable_by_key(|(socket, _)| *socket);
                 let mut told: Vec<String> = channel.told.iter().map(|u| u.to_string()).collect();
@@ -429,6 +451,7 @@ mod tests {
     fn accepted(socket: SocketId, roster: Vec<String>) -> Answer {
         Answer {
             socket,
+            owner: "a".into(),
             accepted: true,
             frames: Vec::new(),
             roster,

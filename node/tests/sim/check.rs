@@ -55,7 +55,8 @@ fn acknowledged_events_arrive_once_in_order(
                 if p.acked != Some(true) || p.sent_at <= since {
                     continue;
                 }
-                if stayed && position(p.id).is_none() {
+                let lost_with_owner = world.lost_in_flight.contains(&(p.id, client.node));
+                if stayed && position(p.id).is_none() && !lost_with_owner {
                     found.push(format!(
                         "c{index} on n{} never got acknowledged event {} on {channel} (sent at {:?}, subscribed at {since:?})",
                         client.node, p.id, p.sent_at

@@ -114,6 +114,17 @@ fn frame_text(frame: &Bytes) -> Option<String> {
     String::from_utf8(frame.get(start..)?.to_vec()).ok()
 }
 
+/// The publish id of the event a mesh frame delivers, if it is one.
+pub fn event_id_of_deliver(frame: &Bytes) -> Option<u64> {
+    use prost::Message;
+    let envelope = relaymesh_proto::mesh::Envelope::decode(frame.clone()).ok()?;
+    let Some(Body::Deliver(deliver)) = envelope.body else {
+        return None;
+    };
+    let json: Value = serde_json::from_str(&frame_text(&deliver.frame)?).ok()?;
+    (json["event"] == "ev").then(|| json["data"].as_str()?.parse().ok())?
+}
+
 impl Population {
     pub fn connect(&mut self, world: &mut World, node: usize) -> usize {
         let shared = world.nodes[node].shared.clone();

@@ -72,6 +72,8 @@ pub struct World {
     next_tick: Duration,
     next_route_tick: Duration,
     pub numbering: Numbering,
+    /// (event, node) whose frame was on its way from an owner that was killed.
+    pub lost_in_flight: BTreeSet<(u64, usize)>,
     /// Draining nodes that closed their clients, and when.
     clients_sent_away: BTreeMap<usize, Duration>,
     /// Every step, for the repeatability check and for reading a failure.
@@ -103,6 +105,7 @@ impl World {
             next_route_tick: Duration::ZERO,
             numbering: Numbering::default(),
             clients_sent_away: BTreeMap::new(),
+            lost_in_flight: BTreeSet::new(),
             trace: Vec::new(),
             _runtime: runtime,
         }
@@ -283,6 +286,19 @@ impl World {
 
     pub fn kill(&mut self, index: usize) {
         self.log(format!("kill n{index}"));
+        // Frames still on their way from the dying node are lost, and nobody can tell:
+        // the owner acknowledged its events before their frames arrived.
+        self.collect();
+        for ((from, to), wire) in &self.wires {
+            if *from != index {
+                continue;
+            }
+            for (_, frame) in &wire.frames {
+                if let Some(id) = super::clients::event_id_of_deliver(frame) {
+                    self.lost_in_flight.insert((id, *to));
+                }
+            }
+        }
         self.nodes[index].alive = false;
         for other in 0..self.nodes.len() {
             self.disconnect(index.min(other), index.max(other));
