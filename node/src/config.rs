@@ -116,6 +116,10 @@ pub struct MeshConfig {
     /// Development: a folder with the cluster CA (`ca.pem`, `ca.key`, from
     /// `relaymesh-node certs ca`); the node issues its own certificate at start.
     pub dev_ca_dir: Option<std::path::PathBuf>,
+    /// How long a channel's new owner waits for every node's part before it decides on
+    /// the rebuilt channel (default 2,000). Raise it where regions are far apart; 0
+    /// decides at once on what arrived, at the price of spurious presence events.
+    pub settle_deadline_ms: u64,
 }
 
 impl Default for MeshConfig {
@@ -126,7 +130,14 @@ impl Default for MeshConfig {
             transport: MeshTransport::Quic,
             certs_dir: None,
             dev_ca_dir: None,
+            settle_deadline_ms: 2_000,
         }
+    }
+}
+
+impl MeshConfig {
+    pub fn settle_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.settle_deadline_ms)
     }
 }
 

@@ -7,7 +7,7 @@
 //! changed to the new owner (`Resync`: its sockets, their presence members, the members
 //! its subscribers were told about), asks again for its pending subscriptions, and then
 //! tells every other node it is done (`Synced`). A new owner holds a rebuilt channel's
-//! messages back until every node is done with that view, or [`SETTLE_DEADLINE`] passed,
+//! messages back until every node is done with that view, or `mesh.settle_deadline_ms` passed,
 //! then settles it (`Owner::settle`): only the members that really left are removed, so no
 //! one sees a spurious member_removed or member_added. Edges are the truth for their own
 //! sockets; owner state is rebuilt from them.
@@ -26,8 +26,6 @@ use tokio::task::JoinHandle;
 use crate::cluster::{ClusterView, Input, Output};
 use crate::{route, telemetry, Shared};
 
-/// How long a rebuilt channel waits for nodes that do not say they are done.
-pub const SETTLE_DEADLINE: Duration = Duration::from_secs(2);
 /// How often the core ticks: fencing, lease news, settling deadlines.
 pub const TICK: Duration = Duration::from_millis(100);
 /// Sockets per Resync message, to stay far below the mesh frame limit.
@@ -55,13 +53,10 @@ fn carry_out(shared: &Shared, now: Instant, output: Output) {
         Output::RetryUnsent => route::retry_unsent(shared),
         Output::TellNodes(synced) => route::to_every_node(shared, Body::Synced(synced)),
         Output::Settle { done } => {
+            let deadline = shared.config.mesh.settle_deadline();
             for app in shared.apps.all() {
-                app.owner.settle(
-                    now,
-                    done,
-                    SETTLE_DEADLINE,
-                    &mut route::owner_sink(shared, &app),
-                );
+                let mut sink = route::owner_sink(shared, &app);
+                app.owner.settle(now, done, deadline, &mut sink);
             }
         }
         Output::Fence => {
@@ -165,13 +160,17 @@ fn resync(
         );
         for part in parts {
             let mut told = part.told;
-            for sockets in part.sockets.chunks(SOCKETS_PER_RESYNC) {
+            let chunks = part.sockets.chunks(SOCKETS_PER_RESYNC).count();
+            for (i, sockets) in part.sockets.chunks(SOCKETS_PER_RESYNC).enumerate() {
                 let resync = Resync {
+                    first: i == 0,
+                    last: i + 1 == chunks,
                     sockets: sockets
                         .iter()
                         .map(|(socket, member)| Subscribe {
                             socket: Some((*socket).into()),
                             member: member.clone(),
+                            ..Subscribe::default()
                         })
                         .collect(),
                     told_members: std::mem::take(&mut told),

@@ -236,6 +236,20 @@ fn checked(reply: Reply, node: &str) -> Result<Reply, RouteError> {
     }
 }
 
+/// Tells the owner of `channel` that `socket` left it; until it can be told, the hub
+/// keeps the leave and it goes again on the next retry.
+pub fn leave(shared: &Shared, app: &App, channel: &str, socket: SocketId) {
+    // A retried leave still covers every attempt: one made since would have cancelled it.
+    let body = Body::Unsubscribe(relaymesh_proto::mesh::Unsubscribe {
+        socket: Some(socket.into()),
+        attempt: app.hub.attempts_so_far(),
+    });
+    if let Err(e) = to_owner(shared, app, channel, body) {
+        tracing::debug!(channel, error = %e, "the owner will hear of the leave later");
+        app.hub.leave_unsent(channel, socket);
+    }
+}
+
 /// Sends a request to the owner of `channel` and waits for the answer.
 pub async fn request(
     shared: &Shared,
@@ -347,6 +361,7 @@ fn edge_receive(shared: &Shared, app: &App, channel: &str, body: Body, sender: S
             if let Some(socket) = result.socket.map(SocketId::from) {
                 let answer = Answer {
                     socket,
+                    attempt: result.attempt,
                     owner: sender.map_or(&*shared.node_id, |s| s.node).into(),
                     accepted: result.accepted,
                     frames: result.frames,
@@ -505,6 +520,7 @@ fn refuse(shared: &Shared, envelope: &Envelope, body: &Body, why: Refusal) {
                 frames: vec![crate::edge::ws::codec::text_frame(&text)],
                 roster: Vec::new(),
                 seq: 0,
+                attempt: subscribe.attempt,
             })
         }
         _ => return,
@@ -576,8 +592,10 @@ pub fn spawn_ticker(shared: Weak<Shared>) {
 }
 
 /// Sends throttled subscription counts, probes the nodes that frames could not be sent to,
-/// and fails subscriptions whose owner did not answer.
+/// sends again what could not reach its owner, and fails subscriptions whose owner did not
+/// answer.
 pub fn tick(shared: &Shared, now: Instant) {
+    retry_unsent(shared);
     for (app_id, channel, node) in shared.lost_sends.take() {
         if let Some(app) = shared.apps.by_id(&app_id) {
             let mut dispatch = Dispatch { shared, app: &app };
@@ -613,10 +631,14 @@ impl LostSends {
 /// when a link comes up).
 pub fn retry_unsent(shared: &Shared) {
     for app in shared.apps.all() {
+        for (channel, socket) in app.hub.take_unsent_leaves() {
+            leave(shared, &app, &channel, socket);
+        }
         for unsent in app.hub.take_unsent() {
             let body = Body::Subscribe(relaymesh_proto::mesh::Subscribe {
                 socket: Some(unsent.socket.into()),
                 member: unsent.member,
+                attempt: unsent.attempt,
             });
             if to_owner(shared, &app, &unsent.channel, body).is_err() {
                 app.hub.mark_unsent(&unsent.channel, unsent.socket);
@@ -639,8 +661,6 @@ fn tick_app(shared: &Shared, app: &App, now: Instant) {
             503,
         );
         expired.conn.push_text(&text);
-        let socket = Some(expired.conn.socket_id.into());
-        let unsubscribe = Body::Unsubscribe(relaymesh_proto::mesh::Unsubscribe { socket });
-        let _ = to_owner(shared, app, &expired.channel, unsubscribe);
+        leave(shared, app, &expired.channel, expired.conn.socket_id);
     }
 }

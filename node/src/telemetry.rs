@@ -47,6 +47,9 @@ pub const STALE_MEMBER_EVENTS: &str = "relaymesh_stale_member_events_total";
 /// Frames of a channel that an owner sent this node and that never arrived (a broken or
 /// full link): the channel's subscribers here are told to reconnect (4200).
 pub const DELIVERY_GAPS: &str = "relaymesh_delivery_gaps_total";
+/// Unsubscribes that waited for an unreachable owner beyond the bound; the owner drops
+/// the sockets at the node's next resync instead.
+pub const LEAVES_DROPPED: &str = "relaymesh_leaves_dropped_total";
 /// 1 while the node has lost its lease and acts as owner of nothing.
 pub const FENCED: &str = "relaymesh_fenced";
 /// Channels this node owns that have subscribers somewhere, by app.

@@ -7,9 +7,9 @@
 //! exactly where the owner's answer (and roster) was made. Channels live in shards keyed by
 //! a hash of the name, one lock each.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ struct Pending {
     member: Option<Member>,
     /// The owner could not be reached yet: to be sent again.
     unsent: bool,
+    /// Which subscription attempt of the socket this is (see `Subscribe.attempt`).
+    attempt: u64,
     /// The new owner it went to in a resync: only that owner's answer counts (the
     /// previous owner's answer was made on a picture the new owner corrects).
     resynced_to: Option<Box<str>>,
@@ -43,6 +45,7 @@ pub struct Unsent {
     pub channel: Box<str>,
     pub socket: SocketId,
     pub member: Option<Member>,
+    pub attempt: u64,
 }
 
 #[derive(Default)]
@@ -60,9 +63,9 @@ struct Channel {
     resynced_to: Option<(Box<str>, u64)>,
     /// The numbers of the frames received from remote owners.
     numbering: Numbering,
-    /// Subscribed sockets that asked again: the owner's next answer is theirs (any
-    /// other answer for a subscribed socket is a late duplicate, from a previous owner).
-    asked_again: HashSet<SocketId>,
+    /// Subscribed sockets that asked again, with the attempt: the owner's answer to it is
+    /// theirs (any other answer for a subscribed socket is a late duplicate).
+    asked_again: HashMap<SocketId, u64>,
 }
 
 /// Who sent an edge-bound message: another node; `None` for this node's own owner (a
@@ -72,6 +75,8 @@ pub type Sender<'a> = Option<Remote<'a>>;
 /// An owner's answer to a subscription.
 pub struct Answer {
     pub socket: SocketId,
+    /// The subscription attempt answered.
+    pub attempt: u64,
     /// The node that answered.
     pub owner: Box<str>,
     pub accepted: bool,
@@ -141,7 +146,18 @@ pub struct Hub {
     hasher: std::collections::hash_map::RandomState,
     app_id: Arc<str>,
     subscriptions: AtomicI64,
+    /// Numbers subscription attempts.
+    attempts: AtomicU64,
+    /// Some pending subscription is marked to be sent again (spares the periodic retry a
+    /// pass over every channel).
+    any_unsent: AtomicBool,
+    /// Sockets that left a channel while its owner could not be told: told again until
+    /// it is, so that no ghost subscriber (or presence member) stays there.
+    leaves_unsent: Mutex<BTreeSet<(Box<str>, SocketId)>>,
 }
+
+/// Leaves waiting for their owner; beyond, the owner finds out at the next resync.
+const LEAVES_UNSENT_MAX: usize = 65_536;
 
 impl Hub {
     pub fn new(app_id: Arc<str>) -> Hub {
@@ -150,7 +166,31 @@ impl Hub {
             hasher: Default::default(),
             app_id,
             subscriptions: AtomicI64::new(0),
+            attempts: AtomicU64::new(0),
+            any_unsent: AtomicBool::new(false),
+            leaves_unsent: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// The newest subscription attempt number handed out: a socket's leave ends all of
+    /// its attempts up to it.
+    pub fn attempts_so_far(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// `socket` left `channel` but its owner could not be told: see [`Hub::take_unsent_leaves`].
+    pub fn leave_unsent(&self, channel: &str, socket: SocketId) {
+        let mut leaves = self.leaves_unsent.lock().unwrap_or_else(|e| e.into_inner());
+        if leaves.len() < LEAVES_UNSENT_MAX {
+            leaves.insert((channel.into(), socket));
+        } else {
+            metrics::counter!(crate::telemetry::LEAVES_DROPPED).increment(1);
+        }
+    }
+
+    /// The leaves still to be sent to their owners, in (channel, socket) order.
+    pub fn take_unsent_leaves(&self) -> BTreeSet<(Box<str>, SocketId)> {
+        std::mem::take(&mut *self.leaves_unsent.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
@@ -169,26 +209,36 @@ impl Hub {
     /// stays subscribed (a repeated subscribe only gets the owner's answer again).
     pub fn begin(
         &self,
+        now: Instant,
         channel: &str,
         conn: &Arc<Conn>,
         member: Option<Member>,
         on_accept: Option<Vec<Bytes>>,
-    ) {
+    ) -> u64 {
+        let attempt = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        // Joining again before the owner heard of the leave: the owner still has it.
+        let mut leaves = self.leaves_unsent.lock().unwrap_or_else(|e| e.into_inner());
+        if !leaves.is_empty() {
+            leaves.remove(&(Box::from(channel), conn.socket_id));
+        }
+        drop(leaves);
         let mut shard = self.shard(channel);
         let entry = shard.entry(channel.into()).or_default();
         if entry.subscribers.contains_key(&conn.socket_id) {
-            entry.asked_again.insert(conn.socket_id);
-            return;
+            entry.asked_again.insert(conn.socket_id, attempt);
+            return attempt;
         }
         let pending = Pending {
             conn: conn.clone(),
-            since: Instant::now(),
+            since: now,
             on_accept,
             member,
             unsent: false,
+            attempt,
             resynced_to: None,
         };
         entry.pending.insert(conn.socket_id, pending);
+        attempt
     }
 
     /// The owner of a pending subscription could not be reached: it is sent again by
@@ -200,6 +250,7 @@ impl Hub {
             .and_then(|c| c.pending.get_mut(&socket))
         {
             pending.unsent = true;
+            self.any_unsent.store(true, Ordering::Relaxed);
         }
     }
 
@@ -207,6 +258,9 @@ impl Hub {
     /// (channel, socket) order.
     pub fn take_unsent(&self) -> Vec<Unsent> {
         let mut unsent = Vec::new();
+        if !self.any_unsent.swap(false, Ordering::Relaxed) {
+            return unsent;
+        }
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             for (name, channel) in shard.iter_mut() {
@@ -216,6 +270,7 @@ impl Hub {
                         channel: name.clone(),
                         socket: *socket,
                         member: pending.member.clone(),
+                        attempt: pending.attempt,
                     });
                 }
             }
@@ -234,6 +289,7 @@ impl Hub {
         let Answer {
             socket,
             owner,
+            attempt,
             accepted,
             frames,
             roster,
@@ -243,11 +299,11 @@ impl Hub {
         let Some(entry) = shard.get_mut(channel) else {
             return;
         };
-        let superseded = entry
-            .pending
-            .get(&socket)
-            .and_then(|p| p.resynced_to.as_deref())
-            .is_some_and(|to| to != &*owner);
+        // An answer to an attempt the socket gave up, or from an owner its subscription
+        // no longer waits for, is not its answer.
+        let superseded = entry.pending.get(&socket).is_some_and(|p| {
+            p.attempt != attempt || p.resynced_to.as_deref().is_some_and(|to| to != &*owner)
+        });
         if superseded {
             return;
         }
@@ -274,10 +330,13 @@ impl Hub {
                 }
                 (pending.conn, frames)
             }
-            None if entry.asked_again.remove(&socket) => match entry.subscribers.get(&socket) {
-                Some(conn) => (conn.clone(), frames),
-                None => return,
-            },
+            None if entry.asked_again.get(&socket) == Some(&attempt) => {
+                entry.asked_again.remove(&socket);
+                match entry.subscribers.get(&socket) {
+                    Some(conn) => (conn.clone(), frames),
+                    None => return,
+                }
+            }
             None => return,
         };
         for frame in frames {
@@ -371,6 +430,7 @@ impl Hub {
                 };
                 for pending in channel.pending.values_mut() {
                     pending.unsent = true;
+                    self.any_unsent.store(true, Ordering::Relaxed);
                 }
                 let new_owner = owner(name);
                 if let (true, Some(owner)) = (owner_changed, &new_owner) {
@@ -448,10 +508,11 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn accepted(socket: SocketId, roster: Vec<String>) -> Answer {
+    fn accepted(socket: SocketId, attempt: u64, roster: Vec<String>) -> Answer {
         Answer {
             socket,
             owner: "a".into(),
+            attempt,
             accepted: true,
             frames: Vec::new(),
             roster,
@@ -486,7 +547,7 @@ mod tests {
             let channel = format!("channel-{i:02}");
             for seq in [3, 1, 2] {
                 let conn = Arc::new(Conn::new(SocketId { node: 1, seq }, 100, 1 << 20));
-                hub.begin(&channel, &conn, None, None);
+                hub.begin(now, &channel, &conn, None, None);
                 hub.mark_unsent(&channel, conn.socket_id);
                 expected.push((channel.clone(), conn.socket_id));
             }
@@ -507,9 +568,9 @@ mod tests {
 
         for (channel, socket) in expected.iter().rev() {
             let conn = Arc::new(Conn::new(*socket, 100, 1 << 20));
-            hub.begin(channel, &conn, None, None);
+            let attempt = hub.begin(now, channel, &conn, None, None);
             let told = vec!["u2".into(), socket.seq.to_string(), "u1".into()];
-            hub.complete(channel, accepted(*socket, told), None);
+            hub.complete(channel, accepted(*socket, attempt, told), None);
         }
         let parts: Vec<_> = hub
             .parts(|_| Some(true), |_| None, 1)
@@ -528,10 +589,10 @@ mod tests {
     fn late_member_events_of_the_previous_owner_are_dropped_after_a_resync() {
         let hub = Hub::new("app".into());
         let conn = Arc::new(Conn::new(SocketId { node: 1, seq: 1 }, 100, 1 << 20));
-        hub.begin("presence-room", &conn, None, None);
+        let attempt = hub.begin(Instant::now(), "presence-room", &conn, None, None);
         hub.complete(
             "presence-room",
-            accepted(conn.socket_id, vec!["u1".into()]),
+            accepted(conn.socket_id, attempt, vec!["u1".into()]),
             None,
         );
         // Before any resync, every sender is the owner it claims to be.

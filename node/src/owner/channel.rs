@@ -1,7 +1,7 @@
 //! One owned channel: its sockets on every node, the nodes that need its frames
 //! (interest), the numbering of those frames and the member events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,6 +45,8 @@ pub(super) struct OwnedChannel {
     /// When the subscription count was last sent (subscription counting).
     pub(super) count_sent: Option<Instant>,
     pub(super) settling: Option<Box<Settling>>,
+    /// Per node whose resync is arriving in parts, the sockets named so far.
+    pub(super) resyncing: Option<Box<HashMap<Arc<str>, HashSet<SocketId>>>>,
     /// The newest view a node subscribed or resynced with: a view older than that does
     /// not take the channel away (this node just has not seen the newer one yet).
     pub(super) newest_view: u64,

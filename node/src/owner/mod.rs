@@ -20,6 +20,7 @@
 mod cache;
 mod channel;
 mod counts;
+mod left;
 mod presence;
 mod requests;
 mod settle;
@@ -43,6 +44,7 @@ use crate::telemetry;
 use crate::webhooks::WebhookEvent;
 use cache::Cache;
 use channel::OwnedChannel;
+use left::Left;
 pub use presence::Roster;
 use requests::terminate;
 use view::Takeover;
@@ -62,6 +64,8 @@ struct Shard {
     cache: Cache,
     /// Channels whose count changed while throttled; flushed by `flush_subscription_counts`.
     count_pending: HashSet<Box<str>>,
+    /// Sockets that left before this owner saw them join.
+    left: Left,
 }
 
 /// The owned channels of one app.
@@ -177,6 +181,7 @@ impl Owner {
             Body::Unsubscribe(u) => {
                 if let Some(socket) = u.socket.map(SocketId::from) {
                     self.unsubscribe(shard, now, channel, socket, sink);
+                    shard.left.record(channel, socket, u.attempt, now);
                 }
             }
             Body::Publish(p) => self.publish(shard, now, origin.node, channel, p, sink),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use relaymesh_proto::channel::ChannelKind;
 use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::Resync;
+use std::collections::HashSet;
 
 use super::channel::{OwnedChannel, Subscriber};
 use super::presence::member_of;
@@ -128,11 +129,17 @@ impl Owner {
             settling,
             "resync"
         );
+        let named_now: Vec<SocketId> = resync
+            .sockets
+            .iter()
+            .filter_map(|s| s.socket.map(SocketId::from))
+            .collect();
         for subscribe in resync.sockets {
             let Some(socket) = subscribe.socket.map(SocketId::from) else {
                 continue;
             };
-            if entry.sockets.contains_key(&socket) {
+            // A resync is no join: it cannot bring back a socket that already left.
+            if entry.sockets.contains_key(&socket) || shard.left.is_over(channel, socket, 0, now) {
                 continue;
             }
             let mut user = None;
@@ -161,9 +168,70 @@ impl Owner {
             settling.view_version = settling.view_version.max(origin.view_version);
             settling
                 .told
-                .entry(node)
+                .entry(node.clone())
                 .or_default()
                 .extend(resync.told_members.into_iter().map(String::into_boxed_str));
+        }
+        if resync.first {
+            let resyncing = entry.resyncing.get_or_insert_with(Box::default);
+            resyncing.insert(node.clone(), HashSet::new());
+        }
+        if let Some(named) = entry.resyncing.as_mut().and_then(|r| r.get_mut(&node)) {
+            named.extend(&named_now);
+        }
+        if resync.last {
+            self.drop_unnamed(shard, now, channel, &node, sink);
+        }
+    }
+
+    /// The node's resync is complete: its sockets the resync did not name left the channel
+    /// while this owner could not be told.
+    fn drop_unnamed(
+        &self,
+        shard: &mut Shard,
+        now: Instant,
+        channel: &str,
+        node: &Arc<str>,
+        sink: &mut dyn Sink,
+    ) {
+        let Some(entry) = shard.channels.get_mut(channel) else {
+            return;
+        };
+        let Some(named) = entry.resyncing.as_mut().and_then(|r| r.remove(node)) else {
+            return;
+        };
+        if entry.resyncing.as_ref().is_some_and(|r| r.is_empty()) {
+            entry.resyncing = None;
+        }
+        let mut gone: Vec<SocketId> = entry
+            .sockets
+            .iter()
+            .filter(|(socket, s)| s.node == *node && !named.contains(*socket))
+            .map(|(socket, _)| *socket)
+            .collect();
+        gone.sort_unstable();
+        if !gone.is_empty() {
+            tracing::debug!(
+                channel,
+                node = &**node,
+                sockets = gone.len(),
+                "dropping sockets a resync did not name"
+            );
+        }
+        if entry.settling.is_some() {
+            // Settling corrects the members from what every node resynced.
+            for socket in gone {
+                if let Some(subscriber) = entry.sockets.remove(&socket) {
+                    entry.remove_interest(&subscriber.node);
+                    if let (Some(user), Some(roster)) = (subscriber.user, entry.roster.as_mut()) {
+                        roster.leave(&user);
+                    }
+                }
+            }
+        } else {
+            for socket in gone {
+                self.unsubscribe(shard, now, channel, socket, sink);
+            }
         }
     }
 
@@ -269,8 +337,62 @@ impl Owner {
 mod tests {
     use super::*;
     use crate::edge::ws::codec;
-    use crate::owner::testkit::{epoch, origin, owner, resync, Recorded};
-    use relaymesh_proto::mesh::Publish;
+    use crate::owner::testkit::{epoch, join, member, origin, owner, resync, socket, Recorded};
+    use relaymesh_proto::mesh::{Publish, Query, Subscribe};
+
+    fn query_users(owner: &Owner, channel: &str) -> Vec<String> {
+        let mut sink = Recorded::default();
+        let query = Body::Query(Query {
+            request_id: 1,
+            users: true,
+        });
+        owner.handle(epoch(), origin("a"), channel, query, &mut sink);
+        sink.sent
+            .iter()
+            .find_map(|(_, _, b)| match b {
+                Body::Reply(r) => Some(r.users.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_whole_resync_drops_the_sockets_it_does_not_name() {
+        let owner = owner(100);
+        let room = "presence-live";
+        join(&owner, "a", room, 1, Some("u1"));
+        join(&owner, "a", room, 2, Some("u2"));
+        join(&owner, "b", room, 3, Some("u3"));
+        // a's part, in two messages: socket 2 left while the leave could not get here.
+        let part = |seq: u64, user: &str, first, last| Resync {
+            sockets: vec![Subscribe {
+                socket: Some(socket(seq).into()),
+                member: Some(member(user)),
+                ..Subscribe::default()
+            }],
+            first,
+            last,
+            ..Resync::default()
+        };
+        let mut sink = Recorded::default();
+        let first = Body::Resync(part(1, "u1", true, false));
+        owner.handle(epoch(), origin("a"), room, first, &mut sink);
+        assert!(sink.sent.is_empty(), "nothing is decided on part of a part");
+        let last = Body::Resync(part(1, "u1", false, true));
+        owner.handle(epoch(), origin("a"), room, last, &mut sink);
+        let removed: Vec<String> = sink
+            .delivered()
+            .into_iter()
+            .filter(|(_, f)| f.contains("member_removed"))
+            .map(|(_, f)| f)
+            .collect();
+        assert_eq!(removed.len(), 2, "to a and b: {removed:?}");
+        assert!(removed.iter().all(|f| f.contains("u2")));
+        assert_eq!(sink.webhook_names(), ["member_removed"]);
+        // b's socket was not a's to name.
+        let users = query_users(&owner, room);
+        assert_eq!(users, ["u1", "u3"]);
+    }
 
     #[test]
     fn a_rebuilt_channel_removes_only_the_members_that_left() {

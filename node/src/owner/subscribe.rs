@@ -35,6 +35,11 @@ impl Owner {
         let Some(socket) = subscribe.socket.map(SocketId::from) else {
             return;
         };
+        let attempt = subscribe.attempt;
+        if shard.left.is_over(channel, socket, attempt, now) {
+            tracing::debug!(channel, %socket, "a join that arrived after its leave");
+            return;
+        }
         let config = self.config.get();
         let kind = ChannelKind::of(channel);
         let entry = match shard.channels.entry(channel.into()) {
@@ -53,6 +58,7 @@ impl Owner {
                 frames,
                 roster,
                 seq,
+                attempt,
             })
         };
         let sent = entry.sent_to(origin.node);
@@ -144,6 +150,7 @@ impl Owner {
     }
 
     /// Removes a socket: `member_removed` on its user's last connection in the mesh,
+    /// `channel_vacated` when the channel empties. False for a socket it did not have.
     /// `channel_vacated` when the channel empties.
     pub(super) fn unsubscribe(
         &self,
@@ -152,14 +159,14 @@ impl Owner {
         channel: &str,
         socket: SocketId,
         sink: &mut dyn Sink,
-    ) {
+    ) -> bool {
         let config = self.config.get();
         let Entry::Occupied(mut entry) = shard.channels.entry(channel.into()) else {
-            return;
+            return false;
         };
         let state = entry.get_mut();
         let Some(gone) = state.sockets.remove(&socket) else {
-            return;
+            return false;
         };
         state.remove_interest(&gone.node);
         if let (Some(user_id), Some(roster)) = (gone.user, state.roster.as_mut()) {
@@ -177,6 +184,7 @@ impl Owner {
         } else if config.subscription_count && counted(ChannelKind::of(channel)) {
             count_changed(&mut shard.count_pending, state, channel, now, None, sink);
         }
+        true
     }
 }
 

@@ -113,7 +113,7 @@ pub fn origin(node: &str) -> Origin<'_> {
     }
 }
 
-fn member(user: &str) -> mesh::Member {
+pub fn member(user: &str) -> mesh::Member {
     mesh::Member {
         user_id: user.into(),
         info: Bytes::new(),
@@ -141,12 +141,14 @@ pub fn subscribe(seq: u64, user: Option<&str>) -> Body {
     Body::Subscribe(Subscribe {
         socket: Some(socket(seq).into()),
         member: user.map(member),
+        ..Subscribe::default()
     })
 }
 
 pub fn leave(owner: &Owner, channel: &str, seq: u64) -> Recorded {
     let mut sink = Recorded::default();
     let body = Body::Unsubscribe(Unsubscribe {
+        attempt: 0,
         socket: Some(socket(seq).into()),
     });
     owner.handle(epoch(), origin("any"), channel, body, &mut sink);
@@ -169,9 +171,11 @@ pub fn resync(
             .map(|(seq, user)| Subscribe {
                 socket: Some(socket(*seq).into()),
                 member: Some(member(user)),
+                ..Subscribe::default()
             })
             .collect(),
         told_members: told.iter().map(|u| (*u).to_owned()).collect(),
+        ..Resync::default()
     };
     owner.handle(epoch(), origin(node), channel, Body::Resync(resync), sink);
 }

@@ -71,15 +71,22 @@ pub struct Truth {
     /// Subscriptions asked for and not ended, and when each was asked for.
     pub asked: BTreeMap<(String, String), u32>,
     pub asked_at: BTreeMap<(String, String), Vec<Duration>>,
+    /// When every subscription of the user asked for had ended, answered or not: up to
+    /// then its owner may have had one (a join and a leave in quick succession, or a join
+    /// accepted just before its client was closed).
+    pub asked_ended: BTreeMap<(String, String), Vec<Duration>>,
 }
 
 impl Truth {
     fn ask(&mut self, channel: &str, user: &str, delta: i32, now: Duration) {
         let key = (channel.to_owned(), user.to_owned());
         let count = self.asked.entry(key.clone()).or_default();
-        *count = (*count as i32 + delta).max(0) as u32;
+        let before = *count;
+        *count = (before as i32 + delta).max(0) as u32;
         if delta > 0 {
             self.asked_at.entry(key).or_default().push(now);
+        } else if before > 0 && *count == 0 {
+            self.asked_ended.entry(key).or_default().push(now);
         }
     }
 
@@ -387,11 +394,15 @@ impl Population {
                 // Asked for, or back with its node.
                 let came = self.truth.asked.get(&key).is_some_and(|n| *n > 0)
                     || since_then(self.truth.asked_at.get(&key))
+                    || since_then(self.truth.asked_ended.get(&key))
                     || since_then(self.truth.came.get(&key));
                 if sub.roster.contains(&user) || !came {
                     self.violations.push(format!(
-                        "c{client}: spurious member_added {user} on {channel} at {now:?} (roster {:?})",
-                        sub.roster
+                        "c{client}: spurious member_added {user} on {channel} at {now:?} (roster {:?}, known since {since:?}, asked {:?} at {:?}, ended {:?})",
+                        sub.roster,
+                        self.truth.asked.get(&key),
+                        self.truth.asked_at.get(&key),
+                        self.truth.asked_ended.get(&key),
                     ));
                 }
                 sub.roster.insert(user.clone());
@@ -401,12 +412,12 @@ impl Population {
                 let user = data["user_id"].as_str().unwrap_or_default().to_owned();
                 let key = (channel.clone(), user.clone());
                 let since = sub.learned.get(&user).copied().unwrap_or_default();
+                let since_then = |times: Option<&Vec<Duration>>| {
+                    times.is_some_and(|t| t.iter().any(|t| *t >= since))
+                };
                 let went = self.truth.sockets.get(&key).is_none_or(|n| *n == 0)
-                    || self
-                        .truth
-                        .went
-                        .get(&key)
-                        .is_some_and(|t| t.iter().any(|t| *t >= since));
+                    || since_then(self.truth.went.get(&key))
+                    || since_then(self.truth.asked_ended.get(&key));
                 if !sub.roster.contains(&user) || !went {
                     self.violations.push(format!(
                         "c{client}: spurious member_removed {user} on {channel} at {now:?} (roster {:?})",

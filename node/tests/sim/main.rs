@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use clients::Population;
 use rand::Rng;
+use relaymesh_node::config::Config;
 use world::World;
 
 const SEEDS_DEFAULT: u64 = 100;
@@ -158,7 +159,11 @@ fn act(world: &mut World, people: &mut Population) {
 }
 
 fn run(scenario: Scenario, seed: u64) -> Outcome {
-    let mut world = World::new(seed);
+    run_with(scenario, seed, |_| {})
+}
+
+fn run_with(scenario: Scenario, seed: u64, configure: fn(&mut Config)) -> Outcome {
+    let mut world = World::new(seed, configure);
     let mut people = Population::default();
     for _ in 0..NODES {
         world.add_node();
@@ -305,6 +310,27 @@ fn a_seed_replays_the_same_run() {
             "{scenario:?}: seed 7 ran differently twice"
         );
     }
+}
+
+/// The harness catches a broken rule: a new owner that decides on a rebuilt channel at
+/// once, before every node's part arrived, gives clients presence events for users who
+/// never came or went.
+#[test]
+fn an_owner_that_decides_before_the_resyncs_arrive_is_caught() {
+    let seeds = 0..20;
+    let broken: Vec<u64> = seeds
+        .clone()
+        .filter(|seed| {
+            let outcome = run_with(Scenario::JoinUnderLoad, *seed, |config| {
+                config.mesh.settle_deadline_ms = 0
+            });
+            !outcome.violations.is_empty()
+        })
+        .collect();
+    println!("settling at once breaks seeds {broken:?} of {seeds:?}");
+    assert!(!broken.is_empty(), "no seed caught the broken rule");
+    let kept = seeds.filter(|seed| run(Scenario::JoinUnderLoad, *seed).violations.is_empty());
+    assert_eq!(kept.count(), 20, "with the rule kept, every seed holds");
 }
 
 /// Prints the whole trace of `RELAYMESH_SIM_TRACE=<scenario>:<seed>` (debugging aid).

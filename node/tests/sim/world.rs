@@ -78,6 +78,8 @@ pub struct World {
     clients_sent_away: BTreeMap<usize, Duration>,
     /// Every step, for the repeatability check and for reading a failure.
     pub trace: Vec<String>,
+    /// Applied to every node's configuration (a test flips a rule with it).
+    configure: fn(&mut Config),
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -86,7 +88,7 @@ pub fn app() -> AppConfig {
 }
 
 impl World {
-    pub fn new(seed: u64) -> World {
+    pub fn new(seed: u64, configure: fn(&mut Config)) -> World {
         // Apps start their webhook tasks with tokio::spawn: a runtime must exist, and
         // since nothing here awaits, none of its tasks ever runs.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -107,6 +109,7 @@ impl World {
             clients_sent_away: BTreeMap::new(),
             lost_in_flight: BTreeSet::new(),
             trace: Vec::new(),
+            configure,
             _runtime: runtime,
         }
     }
@@ -129,6 +132,7 @@ impl World {
         config.control_plane.endpoint = Some("http://control-plane.sim".into());
         config.control_plane.node_id = Some(id.clone());
         config.apps = vec![app()];
+        (self.configure)(&mut config);
         let identity = Identity {
             incarnation: 1000 + index as u64,
             socket_node: 100 + index as u64,
@@ -458,14 +462,28 @@ impl World {
                     .entry(key)
                     .or_default()
                     .insert(envelope.origin.clone());
-                format!("deliver seq {}", d.seq)
+                format!(
+                    "deliver seq {} +{} -{}",
+                    d.seq, d.member_added, d.member_removed
+                )
             }
             Body::Synced(_) => return,
+            Body::Subscribe(s) => format!("subscribe {:?} attempt {}", s.socket, s.attempt),
+            Body::Unsubscribe(u) => format!("unsubscribe {:?} attempt {}", u.socket, u.attempt),
+            Body::SubscribeResult(r) => {
+                format!("answer {:?} attempt {} {}", r.socket, r.attempt, r.accepted)
+            }
             other => format!("{:?}", std::mem::discriminant(other)),
         };
+        let to = self
+            .wires
+            .keys()
+            .find(|(f, _)| *f == from)
+            .map_or(usize::MAX, |_| 0);
+        let _ = to;
         let line = format!(
-            "n{from}→ {} {} v{} {what}",
-            envelope.app_id, envelope.channel, envelope.view_version
+            "n{from}→ {} v{} {what}",
+            envelope.channel, envelope.view_version
         );
         self.log(line);
     }

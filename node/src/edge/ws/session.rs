@@ -12,7 +12,7 @@ use relaymesh_proto::frame::{
     self, ClientFrame, PresenceMember, SigninData, SubscribeData, UnsubscribeData,
 };
 use relaymesh_proto::mesh::envelope::Body;
-use relaymesh_proto::mesh::{self, Publish, Subscribe, Unsubscribe};
+use relaymesh_proto::mesh::{self, Publish, Subscribe};
 use relaymesh_proto::signing;
 use serde_json::value::RawValue;
 
@@ -243,12 +243,15 @@ impl Session {
         on_accept: Option<Vec<bytes::Bytes>>,
     ) {
         let socket = self.conn.socket_id;
-        self.app
+        let now = self.shared.now();
+        let attempt = self
+            .app
             .hub
-            .begin(channel, &self.conn, member.clone(), on_accept);
+            .begin(now, channel, &self.conn, member.clone(), on_accept);
         let body = Body::Subscribe(Subscribe {
             socket: Some(socket.into()),
             member,
+            attempt,
         });
         if let Err(e) = route::to_owner(&self.shared, &self.app, channel, body) {
             tracing::debug!(channel, error = %e, "subscription waits for its owner");
@@ -266,11 +269,7 @@ impl Session {
 
     fn leave_owner(&self, channel: &str) {
         if self.app.hub.unsubscribe(channel, self.conn.socket_id) {
-            let socket = Some(self.conn.socket_id.into());
-            let body = Body::Unsubscribe(Unsubscribe { socket });
-            if let Err(e) = route::to_owner(&self.shared, &self.app, channel, body) {
-                tracing::debug!(channel, error = %e, "unsubscribe did not reach the owner");
-            }
+            route::leave(&self.shared, &self.app, channel, self.conn.socket_id);
         }
     }
 
