@@ -319,7 +319,7 @@ impl Population {
     /// once its node is back.
     fn follow_membership(&mut self, world: &World, client: usize) {
         let c = &mut self.clients[client];
-        let in_view = world.in_view(c.node);
+        let in_view = world.in_cluster(c.node);
         if in_view == c.counted {
             return;
         }

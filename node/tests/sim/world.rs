@@ -24,6 +24,8 @@ pub const TTL: Duration = Duration::from_millis(1000);
 pub const HEARTBEAT: Duration = Duration::from_millis(200);
 const LINK_LATENCY: Duration = Duration::from_millis(1);
 const LINK_JITTER_US: u64 = 3_000;
+/// How long after entering the view a node's resync has surely reached its owners.
+const REJOIN_SETTLED: Duration = Duration::from_millis(50);
 
 /// One node of the world.
 pub struct Node {
@@ -47,6 +49,8 @@ struct Wire {
 /// What the simulated control plane holds of a node.
 struct Registered {
     index: usize,
+    /// When it entered the view.
+    since: Duration,
     state: NodeState,
     incarnation: u64,
     expires: Duration,
@@ -160,14 +164,16 @@ impl World {
         let id = node.id.clone();
         let incarnation = node.shared.incarnation;
         // A node that lost its state joins again as new, even within its lease.
-        let state = match self.registry.get(&id) {
-            Some(r) if r.incarnation == incarnation && !state_lost => r.state,
-            _ => NodeState::Joining,
+        let (state, since) = match self.registry.get(&id) {
+            Some(r) if r.incarnation == incarnation && !state_lost => (r.state, r.since),
+            Some(r) if r.incarnation == incarnation => (NodeState::Joining, r.since),
+            _ => (NodeState::Joining, self.now),
         };
         self.registry.insert(
             id,
             Registered {
                 index,
+                since,
                 state,
                 incarnation,
                 expires: self.now + TTL,
@@ -360,6 +366,14 @@ impl World {
         self.registry
             .get(&self.nodes[index].id)
             .is_some_and(|r| r.index == index)
+    }
+
+    /// Whether the node is back in the cluster with its sockets: in the view for long
+    /// enough that its owners have its resync (a node that just came back is not yet).
+    pub fn in_cluster(&self, index: usize) -> bool {
+        self.registry
+            .get(&self.nodes[index].id)
+            .is_some_and(|r| r.index == index && self.now >= r.since + REJOIN_SETTLED)
     }
 
     /// Drained nodes whose channels were handed over send their clients away, and leave
