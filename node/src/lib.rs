@@ -34,7 +34,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::Apps;
-use crate::cluster::{ClusterView, Core};
+use crate::cluster::{ClusterView, Core, Readiness};
 use crate::config::Config;
 use crate::edge::outbox::SocketId;
 use crate::telemetry::NodeStats;
@@ -161,9 +161,27 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Takes new connections and can reach every channel's owner.
+    /// Whether the node takes new connections: not draining, not fenced, and standalone or
+    /// ready in its cluster by [`Core::readiness`] (its own region linked).
+    pub fn readiness(&self) -> Result<Readiness, &'static str> {
+        if self.is_draining() {
+            return Err("draining");
+        }
+        if self.config.control_plane.endpoint.is_none() {
+            return Ok(Readiness::Ready {
+                elsewhere: Vec::new(),
+            });
+        }
+        let core = self.cluster();
+        if core.is_fenced() {
+            return Err("fenced: this node lost its lease with the control plane");
+        }
+        let meshed = self.config.mesh.listen.is_some();
+        Ok(core.readiness(&self.config.control_plane.region, meshed))
+    }
+
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && !self.is_fenced() && route::mesh_complete(self)
+        matches!(self.readiness(), Ok(Readiness::Ready { .. }))
     }
 
     /// Lost its lease while the cluster goes on: another node may own its channels now,

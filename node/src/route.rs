@@ -551,29 +551,6 @@ pub(crate) fn owner_sink<'a>(shared: &'a Shared, app: &'a App) -> impl Sink + 'a
     Dispatch { shared, app }
 }
 
-/// Whether this node can route: standalone, or active in its view with a live link to
-/// every other active member.
-pub fn mesh_complete(shared: &Shared) -> bool {
-    if shared.config.control_plane.endpoint.is_none() {
-        return true;
-    }
-    let view = shared.view.borrow();
-    let active = NodeState::Active as i32;
-    let Some(me) = view.members.get(&shared.node_id) else {
-        return false;
-    };
-    if me.state != active {
-        return false;
-    }
-    if shared.config.mesh.listen.is_none() {
-        return true;
-    }
-    view.members
-        .iter()
-        .filter(|(id, m)| **id != shared.node_id && m.state == active)
-        .all(|(id, _)| shared.peers.link(id).is_some())
-}
-
 /// How often throttled counts are flushed and late subscriptions failed.
 pub const TICK: Duration = Duration::from_secs(1);
 
@@ -607,9 +584,12 @@ pub fn tick(shared: &Shared, now: Instant) {
     }
 }
 
-/// Channels (of an app) whose numbered frame could not be sent to a node.
+/// An app's channel and the node a numbered frame of it could not be sent to.
+type LostSend = (Arc<str>, Box<str>, Box<str>);
+
+/// Channels whose numbered frame could not be sent to a node.
 #[derive(Default)]
-pub struct LostSends(Mutex<BTreeSet<(Arc<str>, Box<str>, Box<str>)>>);
+pub struct LostSends(Mutex<BTreeSet<LostSend>>);
 
 /// Beyond this many, a loss is found with the channel's next frame only.
 const LOST_SENDS_MAX: usize = 65_536;
@@ -622,7 +602,7 @@ impl LostSends {
         }
     }
 
-    fn take(&self) -> BTreeSet<(Arc<str>, Box<str>, Box<str>)> {
+    fn take(&self) -> BTreeSet<LostSend> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

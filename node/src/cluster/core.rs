@@ -80,6 +80,18 @@ pub enum Output {
     SendClientsAway,
 }
 
+/// Whether the node serves its clients fully, by the rule of [`Core::readiness`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Active and linked to every active node of its region; `elsewhere` are active nodes
+    /// of other regions it has no link to (their channels wait, the node still serves).
+    Ready { elsewhere: Vec<String> },
+    /// Not (yet, or no longer) active in its view.
+    NotActive,
+    /// Active nodes of its own region it has no link to.
+    Unlinked(Vec<String>),
+}
+
 /// What this node heard from another node.
 #[derive(Debug, Clone, Copy)]
 struct Heard {
@@ -377,6 +389,43 @@ impl<W: Waiter> Core<W> {
         &self.view
     }
 
+    /// Ready means: active in the view, and linked to every active node of its own region
+    /// (`region`). A partition between regions leaves each region's nodes ready for their
+    /// local clients (what is owned across the cut waits, with 503s for publishes); a
+    /// node cut off inside its region is not, so a load balancer moves its clients to a
+    /// node that reaches its region. Without links (`meshed` false) being active is enough.
+    pub fn readiness(&self, region: &str, meshed: bool) -> Readiness {
+        let active = NodeState::Active as i32;
+        if self
+            .view
+            .members
+            .get(&self.me)
+            .is_none_or(|m| m.state != active)
+        {
+            return Readiness::NotActive;
+        }
+        let mut unlinked = Vec::new();
+        let mut elsewhere = Vec::new();
+        if meshed {
+            for (id, member) in &self.view.members {
+                if *id == self.me || member.state != active || self.linked.contains_key(id) {
+                    continue;
+                }
+                let same_region = member.node.as_ref().is_some_and(|n| n.region == region);
+                if same_region {
+                    unlinked.push(id.clone());
+                } else {
+                    elsewhere.push(id.clone());
+                }
+            }
+        }
+        if unlinked.is_empty() {
+            Readiness::Ready { elsewhere }
+        } else {
+            Readiness::Unlinked(unlinked)
+        }
+    }
+
     /// Whether a live link to `node` is up.
     pub fn linked_to(&self, node: &str) -> bool {
         self.linked.contains_key(node)
@@ -404,13 +453,19 @@ mod tests {
     const HEARTBEAT: Duration = Duration::from_millis(200);
 
     fn view(version: u64, nodes: &[&str]) -> Arc<ClusterView> {
+        let regions: Vec<(&str, &str)> = nodes.iter().map(|id| (*id, "eu")).collect();
+        view_in_regions(version, &regions)
+    }
+
+    fn view_in_regions(version: u64, nodes: &[(&str, &str)]) -> Arc<ClusterView> {
         let mut view = ClusterView::default();
         let members = nodes
             .iter()
-            .map(|id| Member {
+            .map(|(id, region)| Member {
                 node: Some(NodeInfo {
                     node_id: (*id).into(),
                     incarnation: 1,
+                    region: (*region).into(),
                     ..NodeInfo::default()
                 }),
                 state: NodeState::Active as i32,
@@ -542,6 +597,42 @@ mod tests {
         // A node that leaves the view is no longer waited for; a new one is.
         core.handle(t0, Input::View(view(2, &["a", "b", "d"])));
         assert_eq!(core.everyone_done(), 0, "d said nothing yet");
+    }
+
+    #[test]
+    fn a_partition_between_regions_leaves_each_region_ready() {
+        let t0 = Instant::now();
+        let mut core: Core<()> = Core::new("a".into(), false);
+        assert_eq!(core.readiness("eu", true), Readiness::NotActive);
+        let regions = [("a", "eu"), ("b", "eu"), ("c", "us"), ("d", "us")];
+        core.handle(t0, Input::View(view_in_regions(1, &regions)));
+        for peer in ["b", "c", "d"] {
+            core.handle(t0, Input::LinkUp(peer.into()));
+        }
+        let no_one = Vec::<String>::new();
+        assert_eq!(
+            core.readiness("eu", true),
+            Readiness::Ready { elsewhere: no_one }
+        );
+        // The regions lose each other: a still serves its region.
+        core.handle(t0, Input::LinkDown("c".into()));
+        core.handle(t0, Input::LinkDown("d".into()));
+        let far = vec!["c".to_owned(), "d".to_owned()];
+        assert_eq!(
+            core.readiness("eu", true),
+            Readiness::Ready { elsewhere: far }
+        );
+        // Cut off inside its own region, it is not ready.
+        core.handle(t0, Input::LinkDown("b".into()));
+        assert_eq!(
+            core.readiness("eu", true),
+            Readiness::Unlinked(vec!["b".into()])
+        );
+        // Without a mesh, being active is enough.
+        assert!(matches!(
+            core.readiness("eu", false),
+            Readiness::Ready { .. }
+        ));
     }
 
     #[test]

@@ -8,5 +8,5 @@ pub mod core;
 pub mod requests;
 pub mod view;
 
-pub use self::core::{Core, Input, Output};
+pub use self::core::{Core, Input, Output, Readiness};
 pub use view::ClusterView;

@@ -184,6 +184,7 @@ fn reconcile(
     for id in gone {
         shared.peers.remove(&id);
         set_up(&id, false);
+        crate::rebalance::input(shared, shared.now(), crate::cluster::Input::LinkDown(id));
     }
     dialing.retain(|id, task| members.contains_key(id) && !task.is_finished());
     for id in members.into_keys() {

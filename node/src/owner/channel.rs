@@ -46,7 +46,7 @@ pub(super) struct OwnedChannel {
     pub(super) count_sent: Option<Instant>,
     pub(super) settling: Option<Box<Settling>>,
     /// Per node whose resync is arriving in parts, the sockets named so far.
-    pub(super) resyncing: Option<Box<HashMap<Arc<str>, HashSet<SocketId>>>>,
+    pub(super) resyncing: HashMap<Arc<str>, HashSet<SocketId>>,
     /// The newest view a node subscribed or resynced with: a view older than that does
     /// not take the channel away (this node just has not seen the newer one yet).
     pub(super) newest_view: u64,

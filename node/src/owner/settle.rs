@@ -173,10 +173,9 @@ impl Owner {
                 .extend(resync.told_members.into_iter().map(String::into_boxed_str));
         }
         if resync.first {
-            let resyncing = entry.resyncing.get_or_insert_with(Box::default);
-            resyncing.insert(node.clone(), HashSet::new());
+            entry.resyncing.insert(node.clone(), HashSet::new());
         }
-        if let Some(named) = entry.resyncing.as_mut().and_then(|r| r.get_mut(&node)) {
+        if let Some(named) = entry.resyncing.get_mut(&node) {
             named.extend(&named_now);
         }
         if resync.last {
@@ -197,12 +196,9 @@ impl Owner {
         let Some(entry) = shard.channels.get_mut(channel) else {
             return;
         };
-        let Some(named) = entry.resyncing.as_mut().and_then(|r| r.remove(node)) else {
+        let Some(named) = entry.resyncing.remove(node) else {
             return;
         };
-        if entry.resyncing.as_ref().is_some_and(|r| r.is_empty()) {
-            entry.resyncing = None;
-        }
         let mut gone: Vec<SocketId> = entry
             .sockets
             .iter()

@@ -6,6 +6,7 @@
 //!
 //! `RELAYMESH_SIM_SEEDS` sets how many seeds each scenario runs (CI: the default below;
 //! docs/benchmarks.md has a longer run).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod check;
 mod clients;

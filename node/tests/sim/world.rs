@@ -418,13 +418,11 @@ impl World {
         for from in 0..self.nodes.len() {
             let tos: Vec<usize> = self.nodes[from].outgoing.keys().copied().collect();
             for to in tos {
-                loop {
-                    let Some(rx) = self.nodes[from].outgoing.get_mut(&to) else {
-                        break;
-                    };
-                    let Ok(frame) = rx.try_recv() else {
-                        break;
-                    };
+                while let Some(Ok(frame)) = self.nodes[from]
+                    .outgoing
+                    .get_mut(&to)
+                    .map(|rx| rx.try_recv())
+                {
                     let jitter = Duration::from_micros(self.rng.random_range(0..LINK_JITTER_US));
                     let wire = self.wires.entry((from, to)).or_default();
                     // A link is ordered: never due before the frame ahead of it.
@@ -489,12 +487,6 @@ impl World {
             }
             other => format!("{:?}", std::mem::discriminant(other)),
         };
-        let to = self
-            .wires
-            .keys()
-            .find(|(f, _)| *f == from)
-            .map_or(usize::MAX, |_| 0);
-        let _ = to;
         let line = format!(
             "n{from}→ {} v{} {what}",
             envelope.channel, envelope.view_version

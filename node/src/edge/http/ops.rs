@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::cluster::Readiness;
 use crate::Shared;
 
 /// The process is up and serving HTTP.
@@ -13,25 +14,24 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The node takes new connections (not while draining) and, in a cluster, is active and
-/// linked to every other active member.
+/// The node takes new connections: not draining, not fenced, and in a cluster active and
+/// linked to every active node of its own region (`Core::readiness`; nodes of other
+/// regions it cannot reach are named, but do not make it unready).
 pub async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else if shared.is_fenced() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "fenced: this node lost its lease with the control plane\n",
+    let unavailable = |text: String| (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+    match shared.readiness() {
+        Err(why) => unavailable(format!("{why}\n")),
+        Ok(Readiness::NotActive) => unavailable("not active in the cluster\n".into()),
+        Ok(Readiness::Unlinked(nodes)) => unavailable(format!(
+            "not linked to active nodes of its region: {}\n",
+            nodes.join(", ")
+        )),
+        Ok(Readiness::Ready { elsewhere }) if elsewhere.is_empty() => "ready\n".into_response(),
+        Ok(Readiness::Ready { elsewhere }) => format!(
+            "ready (not linked to nodes of other regions: {})\n",
+            elsewhere.join(", ")
         )
-            .into_response()
-    } else if !shared.is_ready() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not active in the cluster or not linked to every active member\n",
-        )
-            .into_response()
-    } else {
-        "ready\n".into_response()
+        .into_response(),
     }
 }
 
