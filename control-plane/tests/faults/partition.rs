@@ -33,6 +33,15 @@ fn missed(client: &Client, pubs: &[Publish], from: Instant, to: Instant) -> Vec<
         .collect()
 }
 
+/// When the client's connection was closed with 4200 (reconnect) after `since`.
+fn told_to_reconnect(client: &Client, since: Instant) -> Option<Instant> {
+    client
+        .last()
+        .closed
+        .filter(|(code, at)| *code == Some(4200) && *at >= since)
+        .map(|(_, at)| at)
+}
+
 /// After a heal: records how long the healed part took to come back (`took`, waited for
 /// 10 s) and checks that every node is ready; then lets the publisher run 2 s more. From
 /// the returned time (500 ms after that check) every subscriber should receive everything.
@@ -178,7 +187,7 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
         let lost_after = missed(reader, &pubs, returned, Instant::now());
         f.figure(
             &format!(
-                "{}: acknowledged events it missed while n3 was cut off (connected all along)",
+                "{}: acknowledged events it missed while n3 was cut off",
                 reader.label
             ),
             format!(
@@ -190,8 +199,28 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
             ),
         );
         // A fenced node is out of the cluster (ARCHITECTURE.md, fencing rules): its clients
-        // miss what is published meanwhile, and are sent away after 5 s. A figure, not a
-        // violation; what counts is that they get everything again once it is back.
+        // miss what is published meanwhile. They are told: once the control plane expired
+        // n3, its clients are asked to reconnect (4200) as it comes back; a client that
+        // stays connected gets everything published after n3 is back.
+        let told = told_to_reconnect(reader, cut);
+        f.figure(
+            &format!("{}: told to reconnect (ms after the heal)", reader.label),
+            told.map_or("no".to_owned(), |at| {
+                ms(at.saturating_duration_since(healed)).to_string()
+            }),
+        );
+        f.check(lost_during.is_empty() || told.is_some(), || {
+            format!(
+                "{} on n3 missed {} acknowledged events while n3 was out and was not told",
+                reader.label,
+                lost_during.len()
+            )
+        });
+        let lost_after = if told.is_some() {
+            Vec::new()
+        } else {
+            lost_after
+        };
         f.check(lost_after.is_empty(), || {
             format!(
                 "{} on n3 missed {} acknowledged events published after n3 was back: {:?}",
@@ -226,14 +255,23 @@ async fn a_node_cut_off_from_the_control_plane_fences_itself_and_comes_back() {
             )
         });
     }
+    // u3's client on n3 was told to reconnect with the rest of n3's clients (it does not
+    // here): the others must see u3 gone, nobody else.
+    let (still, sent_away): (Vec<&Client>, Vec<&Client>) = members
+        .iter()
+        .partition(|m| told_to_reconnect(m, cut).is_none());
+    let mut present = everyone.clone();
+    for member in &sent_away {
+        f.note(&format!("{} was told to reconnect", member.label));
+        present.remove(member.label.split('@').next().unwrap_or_default());
+    }
     check::presence(
         &mut f,
         "presence after the heal",
-        &members,
-        &everyone,
+        &still,
+        &present,
         users(&cluster.http, &cluster.base("n1"), &room).await,
     );
-    let _ = healed;
     wrap_up(&mut cluster, &mut f, &["n1", "n2"]).await;
     f.finish();
 }
@@ -376,7 +414,9 @@ async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
         &format!("{via_n3} (owner n3) on n1 and n2"),
     );
     // The owner n2 cannot reach n1 during the partition: n1's subscribers miss what is
-    // published meanwhile (no relaying through n3), and get everything after it heals.
+    // published meanwhile (no relaying through n3). They are told: once the link is back,
+    // n1 sees the gap in n2's numbers and asks them to reconnect (4200); a subscriber that
+    // missed nothing keeps its connection and gets everything after the heal.
     let r2: Vec<&Client> = n2_readers
         .iter()
         .filter(|r| r.last().node != "n1")
@@ -388,17 +428,30 @@ async fn two_nodes_cut_off_from_each_other_keep_serving_what_they_reach() {
     );
     for reader in n2_readers.iter().filter(|r| r.last().node == "n1") {
         let during = missed(reader, &pubs, cut, healed);
-        let after = missed(reader, &pubs, back, Instant::now());
+        let told = told_to_reconnect(reader, cut);
+        let after = missed(reader, &pubs, back, told.unwrap_or_else(Instant::now));
         f.figure(
             &format!(
-                "{}: acknowledged events missed during / after the partition",
+                "{}: acknowledged events missed during the partition / after the heal, told to reconnect (ms after the heal)",
                 reader.label
             ),
-            format!("{} / {}", during.len(), after.len()),
+            format!(
+                "{} / {} / {}",
+                during.len(),
+                after.len(),
+                told.map_or("no".to_owned(), |at| ms(at.saturating_duration_since(healed)).to_string())
+            ),
         );
+        f.check(during.is_empty() || told.is_some(), || {
+            format!(
+                "{} on n1 missed {} events of n2's channel during the partition and was not told",
+                reader.label,
+                during.len()
+            )
+        });
         f.check(after.is_empty(), || {
             format!(
-                "{} on n1 missed {} events of n2's channel published after the heal: {:?}",
+                "{} on n1 missed {} events of n2's channel published after the heal while still connected: {:?}",
                 reader.label,
                 after.len(),
                 &after[..after.len().min(10)]

@@ -163,6 +163,17 @@ impl<W: Waiter> Core<W> {
                 heartbeat,
                 reported_state_lost,
             } => {
+                // A fenced node whose lease ran out was expired by the control plane: the
+                // owners dropped its sockets, and whatever they published meanwhile never
+                // reached its clients. They are told to reconnect (and get a fresh start).
+                let expired = self.fenced
+                    && self
+                        .lease
+                        .renewed_at
+                        .is_some_and(|at| now.saturating_duration_since(at) > self.lease.ttl);
+                if expired {
+                    out.push(Output::SendClientsAway);
+                }
                 self.lease.renewed_at = Some(now);
                 self.lease.ttl = ttl;
                 self.lease.heartbeat = heartbeat;
@@ -538,7 +549,8 @@ mod tests {
             has(&out, |o| matches!(o, Output::SendClientsAway)),
             "{out:?}"
         );
-        // Registering again (saying it lost its state) ends the fence; the next tick sends
+        // Registering again (saying it lost its state) ends the fence; its clients, who
+        // missed what was published while it was out, are sent away; the next tick sends
         // this node's part of every channel again.
         let registered = Input::Registered {
             ttl: TTL,
@@ -547,6 +559,10 @@ mod tests {
         };
         let out = core.handle(at(6_000), registered);
         assert!(has(&out, |o| matches!(o, Output::Unfence)), "{out:?}");
+        assert!(
+            has(&out, |o| matches!(o, Output::SendClientsAway)),
+            "{out:?}"
+        );
         assert!(!core.state_lost());
         let out = core.handle(at(6_100), Input::Tick);
         assert!(
@@ -568,6 +584,17 @@ mod tests {
             let out = core.handle(now, Input::Tick);
             assert!(!has(&out, |o| matches!(o, Output::Fence)), "at {ms} ms");
         }
+        // It comes back: nobody was expired, so every client stays.
+        let registered = Input::Registered {
+            ttl: TTL,
+            heartbeat: HEARTBEAT,
+            reported_state_lost: false,
+        };
+        let out = core.handle(t0 + Duration::from_millis(3_100), registered);
+        assert!(
+            !has(&out, |o| matches!(o, Output::SendClientsAway)),
+            "{out:?}"
+        );
     }
 
     #[test]
