@@ -10,9 +10,11 @@ pub mod cluster;
 pub mod config;
 pub mod drain;
 pub mod edge;
+pub mod frames;
 pub mod hub;
 pub mod membership;
 pub mod mesh;
+pub mod outbox;
 pub mod owner;
 pub mod rebalance;
 pub mod route;
@@ -36,7 +38,7 @@ use tokio::task::JoinHandle;
 use crate::app::Apps;
 use crate::cluster::{ClusterView, Core, Readiness};
 use crate::config::Config;
-use crate::edge::outbox::SocketId;
+use crate::outbox::SocketId;
 use crate::telemetry::NodeStats;
 
 /// State shared by every connection and request of one node.

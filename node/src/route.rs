@@ -23,8 +23,9 @@ use tokio::sync::oneshot;
 
 use crate::app::App;
 use crate::cluster::requests::{RequestError, Waiter};
-use crate::edge::outbox::SocketId;
+use crate::frames;
 use crate::hub::{Answer, Remote, Sender};
+use crate::outbox::SocketId;
 use crate::owner::{Origin, Sink};
 use crate::webhooks::WebhookEvent;
 use crate::{telemetry, Shared};
@@ -517,7 +518,7 @@ fn refuse(shared: &Shared, envelope: &Envelope, body: &Body, why: Refusal) {
             Body::SubscribeResult(relaymesh_proto::mesh::SubscribeResult {
                 socket: subscribe.socket,
                 accepted: false,
-                frames: vec![crate::edge::ws::codec::text_frame(&text)],
+                frames: vec![frames::text_frame(&text)],
                 roster: Vec::new(),
                 seq: 0,
                 attempt: subscribe.attempt,

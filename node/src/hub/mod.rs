@@ -19,7 +19,7 @@ use bytes::Bytes;
 use relaymesh_proto::codes::ErrorCode;
 use relaymesh_proto::mesh::{Deliver, Member};
 
-use crate::edge::outbox::{Conn, Pushed, SocketId};
+use crate::outbox::{Conn, Pushed, SocketId};
 pub use numbering::Remote;
 use numbering::{Check, Numbering};
 
