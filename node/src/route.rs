@@ -8,8 +8,7 @@
 //! [`receive`]. Without `[mesh]` the node owns every channel, so a standalone node takes
 //! the same path without a single encoded message.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,8 +26,9 @@ use crate::frames;
 use crate::hub::{Answer, Remote, Sender};
 use crate::outbox::SocketId;
 use crate::owner::{Origin, Sink};
+use crate::shared::Shared;
+use crate::telemetry;
 use crate::webhooks::WebhookEvent;
-use crate::{telemetry, Shared};
 
 /// How long an HTTP call waits for the owner's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -582,29 +582,6 @@ pub fn tick(shared: &Shared, now: Instant) {
     }
     for app in shared.apps.all() {
         tick_app(shared, &app, now);
-    }
-}
-
-/// An app's channel and the node a numbered frame of it could not be sent to.
-type LostSend = (Arc<str>, Box<str>, Box<str>);
-
-/// Channels whose numbered frame could not be sent to a node.
-#[derive(Default)]
-pub struct LostSends(Mutex<BTreeSet<LostSend>>);
-
-/// Beyond this many, a loss is found with the channel's next frame only.
-const LOST_SENDS_MAX: usize = 65_536;
-
-impl LostSends {
-    fn add(&self, app_id: &Arc<str>, channel: &str, node: &str) {
-        let mut lost = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if lost.len() < LOST_SENDS_MAX {
-            lost.insert((app_id.clone(), channel.into(), node.into()));
-        }
-    }
-
-    fn take(&self) -> BTreeSet<LostSend> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 
 use super::endpoint::Endpoint;
 use super::link::{Link, LinkError, LinkSender};
+use crate::shared::Shared;
 use crate::telemetry;
-use crate::Shared;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);

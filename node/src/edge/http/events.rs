@@ -19,7 +19,8 @@ use super::{json, parse_body, signed, ApiError};
 use crate::app::App;
 use crate::frames;
 use crate::outbox::SocketId;
-use crate::{route, telemetry, Shared};
+use crate::shared::Shared;
+use crate::{route, telemetry};
 
 /// Channels one event may target.
 pub const CHANNELS_PER_EVENT_MAX: usize = 100;

@@ -20,8 +20,8 @@ use crate::edge::ws::codec::{CodecError, Message, MessageReader};
 use crate::edge::ws::session::Session;
 use crate::frames;
 use crate::outbox::{Close, Drained};
+use crate::shared::Shared;
 use crate::telemetry;
-use crate::Shared;
 
 /// Bytes read from one socket before the task yields to others.
 const READ_BUDGET_BYTES: usize = 64 * 1024;

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use crate::app::AdmitError;
 use crate::edge::ws::{connection, session::Session};
 use crate::outbox::Conn;
-use crate::Shared;
+use crate::shared::Shared;
 
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 

@@ -19,8 +19,9 @@ use serde_json::value::RawValue;
 use crate::app::App;
 use crate::frames;
 use crate::outbox::Conn;
+use crate::shared::Shared;
 use crate::webhooks::WebhookEvent;
-use crate::{route, telemetry, Shared};
+use crate::{route, telemetry};
 
 /// Most channels one connection may hold; more are refused with `LimitReached`.
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1_000;
