@@ -12,6 +12,7 @@ pub mod drain;
 pub mod edge;
 pub mod frames;
 pub mod hub;
+pub mod links;
 pub mod membership;
 pub mod mesh;
 pub mod outbox;
@@ -133,7 +134,7 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
                 .clone()
                 .unwrap_or_else(|| bound.to_string()),
         );
-        mesh_task = Some(mesh::peers::spawn(
+        mesh_task = Some(links::spawn(
             shared.clone(),
             Arc::new(endpoint),
             stopped.clone(),
