@@ -7,31 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use relaymesh_proto::codes::ErrorCode;
 
-use crate::config::{AppConfig, Config, WebhookConfig};
-use crate::edge::outbox::{Conn, SocketId};
+use crate::config::{AppConfig, Config, SharedAppConfig, WebhookConfig};
+use crate::frames;
 use crate::hub::Hub;
+use crate::outbox::{Conn, SocketId};
 use crate::owner::Owner;
 use crate::telemetry::NodeStats;
 use crate::webhooks::Webhooks;
-
-/// An app's settings, replaceable while it runs (the control plane updates them); readers
-/// take a snapshot.
-#[derive(Clone)]
-pub struct SharedAppConfig(Arc<RwLock<Arc<AppConfig>>>);
-
-impl SharedAppConfig {
-    pub fn new(config: AppConfig) -> SharedAppConfig {
-        SharedAppConfig(Arc::new(RwLock::new(Arc::new(config))))
-    }
-
-    pub fn get(&self) -> Arc<AppConfig> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, config: AppConfig) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-    }
-}
 
 pub struct App {
     config: SharedAppConfig,
@@ -201,7 +183,7 @@ impl App {
         } else {
             relaymesh_proto::frame::watchlist_events(&[], &ids)
         };
-        let encoded = crate::edge::ws::codec::text_frame(&text);
+        let encoded = frames::text_frame(&text);
         for watcher in watchers {
             watcher.push(encoded.clone());
         }
@@ -223,9 +205,7 @@ impl App {
                 .map(|id| &**id)
                 .partition(|id| users.contains_key(*id))
         };
-        crate::edge::ws::codec::text_frame(&relaymesh_proto::frame::watchlist_events(
-            &online, &offline,
-        ))
+        frames::text_frame(&relaymesh_proto::frame::watchlist_events(&online, &offline))
     }
 
     pub fn unwatch(&self, watchlist: &[Box<str>], socket: SocketId) {

@@ -3,6 +3,7 @@
 //! naming it, never a silent fallback.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -248,6 +249,27 @@ impl AppConfig {
             secret: "app-secret".into(),
             ..AppConfig::default()
         }
+    }
+}
+
+/// An app's settings, replaceable while it runs (the control plane updates them); readers
+/// take a snapshot. Here rather than in `app.rs` because the owner and the webhooks read it
+/// too, and they sit below `app` in the layers (ARCHITECTURE.md).
+#[derive(Clone)]
+pub struct SharedAppConfig(Arc<RwLock<Arc<AppConfig>>>);
+
+impl SharedAppConfig {
+    pub fn new(config: AppConfig) -> SharedAppConfig {
+        SharedAppConfig(Arc::new(RwLock::new(Arc::new(config))))
+    }
+
+    pub fn get(&self) -> Arc<AppConfig> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the settings (an app update from the control plane, in `app.rs`).
+    pub(crate) fn set(&self, config: AppConfig) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 }
 

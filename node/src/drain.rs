@@ -9,7 +9,7 @@ use std::time::Duration;
 use relaymesh_proto::codes::ErrorCode;
 use relaymesh_proto::control::NodeState;
 
-use crate::Shared;
+use crate::shared::Shared;
 
 /// How long the handover of the node's channels may take before clients are sent away
 /// anyway.

@@ -24,7 +24,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cluster::{ClusterView, Input, Output};
-use crate::{route, telemetry, Shared};
+use crate::shared::Shared;
+use crate::{route, telemetry};
 
 /// How often the core ticks: fencing, lease news, settling deadlines.
 pub const TICK: Duration = Duration::from_millis(100);

@@ -582,7 +582,7 @@ fn stale_publish(channel: &str, text: &str, hops: u32) -> Vec<u8> {
         incarnation: 1,
         body: Some(Body::Publish(Publish {
             request_id: 7,
-            frame: relaymesh_node::edge::ws::codec::text_frame(text),
+            frame: relaymesh_node::frames::text_frame(text),
             ..Publish::default()
         })),
     };

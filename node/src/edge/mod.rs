@@ -1,5 +1,4 @@
 //! Client-facing termination: WebSocket sessions and the HTTP API, served on one port.
 
 pub mod http;
-pub mod outbox;
 pub mod ws;

@@ -22,7 +22,8 @@ use tonic::transport::Endpoint;
 
 use crate::cluster::view::{ClusterView, ViewError};
 use crate::cluster::Input;
-use crate::{rebalance, Shared};
+use crate::rebalance;
+use crate::shared::Shared;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// Short: a node that cannot reach the control plane while others do is fenced, so it must

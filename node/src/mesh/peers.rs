@@ -1,30 +1,12 @@
-//! Keeps one link to every other member of the view. Of each pair, the node with the
-//! smaller id dials (so a pair has one link), with jittered, capped backoff while the peer
-//! is unreachable; the other accepts. A link whose transport ends is dropped, and dialed
-//! again while the peer stays in the view.
+//! The node's table of live links, one per peer: what the routing sends on. The task that
+//! keeps it (dialing, accepting, forgetting links to nodes that left the view) is
+//! `links.rs`, above the routing; the table stays here, below it, so that `route/` can
+//! send without importing that task.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
-use rand::Rng;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-
-use super::endpoint::Endpoint;
-use super::link::{Link, LinkError, LinkSender};
-use crate::telemetry;
-use crate::Shared;
-
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A dial that takes longer is abandoned, so the next attempt reads the peer's address
-/// again (a restarted peer has a new one; QUIC would wait out its 30 s idle timeout).
-const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often links are checked against the view even without a view change.
-const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+use super::link::{LinkSender, WeakLinkSender};
 
 /// The node's current links, by peer node id.
 #[derive(Default)]
@@ -42,8 +24,8 @@ impl Peers {
         self.lock().get(node_id).filter(|l| !l.is_closed()).cloned()
     }
 
-    /// Makes `sender` the link to its peer (the link manager's `adopt`, or a test's own
-    /// in-memory link).
+    /// Makes `sender` the link to its peer (the link manager's `adopt` in `links.rs`, or a
+    /// test's own in-memory link).
     pub fn insert(&self, sender: LinkSender) {
         self.lock().insert(sender.peer.clone(), sender);
     }
@@ -64,185 +46,25 @@ impl Peers {
         ids.sort();
         ids
     }
-}
 
-fn set_up(peer: &str, up: bool) {
-    metrics::gauge!(telemetry::MESH_LINK_UP, "peer" => peer.to_owned()).set(if up {
-        1.0
-    } else {
-        0.0
-    });
-}
-
-/// Runs the link manager until `stop`.
-pub fn spawn(
-    shared: Arc<Shared>,
-    endpoint: Arc<Endpoint>,
-    stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(run(shared, endpoint, stop))
-}
-
-async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
-    let mut views = shared.view.subscribe();
-    let (dialed_tx, mut dialed) = mpsc::channel::<Link>(16);
-    let mut dialing: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let mut tick = tokio::time::interval(RECONCILE_EVERY);
-    loop {
-        tokio::select! {
-            // Cancel-safe, so the other branches firing loses no link (the transport
-            // handshakes in its own tasks).
-            accepted = endpoint.accept() => match accepted {
-                Some(link) => adopt(&shared, link),
-                None => return,
-            },
-            Some(link) = dialed.recv() => {
-                dialing.remove(link.peer());
-                adopt(&shared, link);
-            }
-            _ = views.changed() => reconcile(&shared, &endpoint, &dialed_tx, &mut dialing),
-            _ = tick.tick() => reconcile(&shared, &endpoint, &dialed_tx, &mut dialing),
-            _ = stop.changed() => {
-                for (_, task) in dialing.drain() {
-                    task.abort();
-                }
-                shared.peers.lock().clear();
-                endpoint.close();
-                return;
-            }
-        }
-    }
-}
-
-/// Records a new link and routes what the peer sends. The table holds the link's only
-/// lasting sender: a link dropped from it (its peer left the view) closes, so the peer
-/// drops its side too and neither keeps a link the other has forgotten.
-fn adopt(shared: &Arc<Shared>, link: Link) {
-    let (sender, mut inbound) = link.split();
-    let peer = sender.peer.clone();
-    if peer == shared.node_id {
-        return;
-    }
-    tracing::info!(peer, "mesh link up");
-    set_up(&peer, true);
-    let this_link = sender.downgrade();
-    shared.peers.insert(sender);
-    let up = crate::cluster::Input::LinkUp(peer.clone());
-    crate::rebalance::input(shared, shared.now(), up);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        while let Some(frame) = inbound.recv().await {
-            count_in(&peer, &frame);
-            crate::rebalance::receive(&shared, shared.now(), &peer, frame);
-        }
-        let mut links = shared.peers.lock();
-        // Only forget it if a newer link has not replaced it: a replaced link ending says
-        // nothing about the peer.
-        let current = links.get(&peer).is_some_and(|l| this_link.same_link(l));
+    /// Forgets the link to `node_id` if it is still `link`: a replaced link ending says
+    /// nothing about the peer. Whether it was forgotten.
+    pub fn remove_if_current(&self, node_id: &str, link: &WeakLinkSender) -> bool {
+        let mut links = self.lock();
+        let current = links.get(node_id).is_some_and(|l| link.same_link(l));
         if current {
-            links.remove(&peer);
+            links.remove(node_id);
         }
-        drop(links);
-        if current {
-            let down = crate::cluster::Input::LinkDown(peer.clone());
-            crate::rebalance::input(&shared, shared.now(), down);
-            tracing::info!(peer, "mesh link down");
-            set_up(&peer, false);
-        } else {
-            tracing::debug!(peer, "a replaced mesh link ended");
-        }
-    });
-}
-
-fn count_in(peer: &str, frame: &Bytes) {
-    metrics::counter!(telemetry::MESH_FRAMES_IN, "peer" => peer.to_owned()).increment(1);
-    metrics::counter!(telemetry::MESH_BYTES_IN, "peer" => peer.to_owned())
-        .increment(frame.len() as u64);
-}
-
-/// Dials the members this node is responsible for and forgets links to nodes that left.
-fn reconcile(
-    shared: &Arc<Shared>,
-    endpoint: &Arc<Endpoint>,
-    dialed: &mpsc::Sender<Link>,
-    dialing: &mut HashMap<String, JoinHandle<()>>,
-) {
-    let view = shared.view.borrow().clone();
-    let members: HashMap<String, String> = view
-        .members
-        .iter()
-        .filter_map(|(id, m)| Some((id.clone(), m.node.as_ref()?.mesh_addr.clone())))
-        .filter(|(id, addr)| *id != shared.node_id && !addr.is_empty())
-        .collect();
-    let gone: HashSet<String> = shared
-        .peers
-        .lock()
-        .keys()
-        .filter(|id| !members.contains_key(*id))
-        .cloned()
-        .collect();
-    for id in gone {
-        shared.peers.remove(&id);
-        set_up(&id, false);
-        crate::rebalance::input(shared, shared.now(), crate::cluster::Input::LinkDown(id));
+        current
     }
-    dialing.retain(|id, task| members.contains_key(id) && !task.is_finished());
-    for id in members.into_keys() {
-        if shared.node_id >= id || dialing.contains_key(&id) || shared.peers.link(&id).is_some() {
-            continue;
-        }
-        let task = tokio::spawn(dial(
-            shared.clone(),
-            endpoint.clone(),
-            id.clone(),
-            dialed.clone(),
-        ));
-        dialing.insert(id, task);
+
+    /// Every peer in the table, its link up or not.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
-}
 
-/// The peer's mesh address in the current view (it changes when the peer restarts).
-fn mesh_addr(shared: &Shared, peer: &str) -> Option<Result<SocketAddr, String>> {
-    let view = shared.view.borrow();
-    let addr = view.members.get(peer)?.node.as_ref()?.mesh_addr.clone();
-    Some(addr.parse().map_err(|_| addr))
-}
-
-async fn dial(
-    shared: Arc<Shared>,
-    endpoint: Arc<Endpoint>,
-    peer: String,
-    dialed: mpsc::Sender<Link>,
-) {
-    let mut backoff = BACKOFF_FIRST;
-    loop {
-        let addr = match mesh_addr(&shared, &peer) {
-            None => return,
-            Some(Ok(addr)) => addr,
-            Some(Err(addr)) => {
-                tracing::warn!(peer, addr, "peer has an unusable mesh address");
-                return;
-            }
-        };
-        let attempt = tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr)).await;
-        let attempt = attempt.unwrap_or_else(|_| Err(LinkError::transport("timed out")));
-        match attempt {
-            Ok(link) if link.peer() == peer => {
-                metrics::counter!(telemetry::MESH_DIALS, "result" => "ok").increment(1);
-                let _ = dialed.send(link).await;
-                return;
-            }
-            Ok(link) => {
-                tracing::warn!(expected = peer, answered = link.peer(), %addr, "a different node answered");
-                metrics::counter!(telemetry::MESH_DIALS, "result" => "wrong_peer").increment(1);
-            }
-            Err(e) => {
-                tracing::debug!(peer, %addr, error = %e, "mesh dial failed");
-                metrics::counter!(telemetry::MESH_DIALS, "result" => "failed").increment(1);
-            }
-        }
-        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
-        tokio::time::sleep(jittered).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+    /// Forgets every link (the node stops).
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 }

@@ -12,8 +12,8 @@ use relaymesh_proto::mesh::{ChannelStats, Deliver};
 
 use super::settle::Settling;
 use super::{Roster, Sink};
-use crate::edge::outbox::SocketId;
-use crate::edge::ws::codec;
+use crate::frames;
+use crate::outbox::SocketId;
 use crate::webhooks::WebhookEvent;
 
 pub(super) struct Subscriber {
@@ -167,7 +167,7 @@ impl OwnedChannel {
     pub(super) fn member_added_frame(&self, channel: &str, user_id: &str) -> Option<Deliver> {
         let info = self.roster.as_ref()?.info(user_id)?;
         Some(Deliver {
-            frame: codec::text_frame(&frame::member_added(channel, user_id, info)),
+            frame: frames::text_frame(&frame::member_added(channel, user_id, info)),
             member_added: user_id.to_owned(),
             ..Deliver::default()
         })
@@ -175,7 +175,7 @@ impl OwnedChannel {
 
     pub(super) fn member_removed_frame(channel: &str, user_id: &str) -> Deliver {
         Deliver {
-            frame: codec::text_frame(&frame::member_removed(channel, user_id)),
+            frame: frames::text_frame(&frame::member_removed(channel, user_id)),
             member_removed: user_id.to_owned(),
             ..Deliver::default()
         }
@@ -224,7 +224,7 @@ impl OwnedChannel {
             Some(roster) => frame::presence_subscription_succeeded(channel, roster.members()),
             None => frame::subscription_succeeded(channel),
         };
-        codec::text_frame(&text)
+        frames::text_frame(&text)
     }
 }
 

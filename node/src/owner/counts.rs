@@ -13,8 +13,8 @@ use relaymesh_proto::frame;
 
 use super::channel::OwnedChannel;
 use super::{Owner, Sink};
-use crate::edge::outbox::SocketId;
-use crate::edge::ws::codec;
+use crate::frames;
+use crate::outbox::SocketId;
 use crate::webhooks::WebhookEvent;
 
 const COUNT_THROTTLE_SUBSCRIBERS: usize = 100;
@@ -33,7 +33,7 @@ impl OwnedChannel {
             channel: channel.into(),
             subscription_count: count,
         });
-        codec::text_frame(&frame::subscription_count(channel, count))
+        frames::text_frame(&frame::subscription_count(channel, count))
     }
 
     /// Whether a count change must wait for the throttle interval.

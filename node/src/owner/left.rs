@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::edge::outbox::SocketId;
+use crate::outbox::SocketId;
 
 /// Longer than any message takes over two hops.
 const REMEMBERED_FOR: Duration = Duration::from_secs(30);

@@ -38,8 +38,8 @@ use std::time::Instant;
 use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::{ChannelEntry, Reply};
 
-use crate::app::SharedAppConfig;
-use crate::edge::outbox::SocketId;
+use crate::config::SharedAppConfig;
+use crate::outbox::SocketId;
 use crate::telemetry;
 use crate::webhooks::WebhookEvent;
 use cache::Cache;

@@ -12,7 +12,7 @@ use relaymesh_proto::mesh::{self, ChannelStats, CloseSockets, Publish, Query, Re
 
 use super::channel::OwnedChannel;
 use super::{Owner, Shard, Sink};
-use crate::edge::outbox::SocketId;
+use crate::outbox::SocketId;
 
 impl Owner {
     /// Numbers the event and sends it once to every node with subscribers; on cache
@@ -120,7 +120,7 @@ fn reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::ws::codec;
+    use crate::frames;
     use crate::owner::testkit::{epoch, join, join_at, origin, owner, Recorded};
 
     #[test]
@@ -133,7 +133,7 @@ mod tests {
         for _ in 0..2 {
             let publish = Publish {
                 request_id: 7,
-                frame: codec::text_frame("{}"),
+                frame: frames::text_frame("{}"),
                 ..Publish::default()
             };
             let body = Body::Publish(publish);
@@ -171,7 +171,7 @@ mod tests {
         let owner = owner(100);
         let channel = "cache-news";
         let publish = Publish {
-            frame: codec::text_frame("{\"cached\":1}"),
+            frame: frames::text_frame("{\"cached\":1}"),
             data: "1".into(),
             cache: true,
             ..Publish::default()

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use super::channel::{OwnedChannel, Subscriber};
 use super::presence::member_of;
 use super::{Origin, Owner, Roster, Shard, Sink};
-use crate::edge::outbox::SocketId;
+use crate::outbox::SocketId;
 use crate::webhooks::WebhookEvent;
 
 /// Most messages a settling channel holds back; beyond, they are handled at once.
@@ -332,7 +332,7 @@ impl Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::ws::codec;
+    use crate::frames;
     use crate::owner::testkit::{epoch, join, member, origin, owner, resync, socket, Recorded};
     use relaymesh_proto::mesh::{Publish, Query, Subscribe};
 
@@ -400,7 +400,7 @@ mod tests {
         resync(&owner, &mut sink, "a", room, &[(1, "u1")], &told);
         resync(&owner, &mut sink, "b", room, &[(2, "u2"), (3, "u1")], &told);
         let publish = Publish {
-            frame: codec::text_frame("{}"),
+            frame: frames::text_frame("{}"),
             ..Publish::default()
         };
         let body = Body::Publish(publish);

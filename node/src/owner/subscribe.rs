@@ -14,8 +14,8 @@ use super::channel::{OwnedChannel, Subscriber};
 use super::counts::{count_changed, counted};
 use super::presence::member_of;
 use super::{Origin, Owner, Roster, Shard, Sink};
-use crate::edge::outbox::SocketId;
-use crate::edge::ws::codec;
+use crate::frames::text_frame;
+use crate::outbox::SocketId;
 use crate::telemetry;
 use crate::webhooks::WebhookEvent;
 
@@ -80,7 +80,7 @@ impl Owner {
             let refuse = |message: &str, status: u16, error: &str| {
                 telemetry::count_error(Some(status), "presence_refused");
                 let text = frame::subscription_error(channel, error, message, status);
-                answer(false, vec![codec::text_frame(&text)], Vec::new(), sent)
+                answer(false, vec![text_frame(&text)], Vec::new(), sent)
             };
             let refused = match member_of(subscribe.member) {
                 None => Err(refuse("Invalid presence member", 400, "InvalidChannelData")),
@@ -138,7 +138,7 @@ impl Owner {
             match shard.cache.get(channel, now) {
                 Some(cached) => frames.push(cached.frame.clone()),
                 None => {
-                    frames.push(codec::text_frame(&frame::cache_miss(channel)));
+                    frames.push(text_frame(&frame::cache_miss(channel)));
                     sink.webhook(WebhookEvent::CacheMiss {
                         channel: channel.into(),
                     });

@@ -10,10 +10,10 @@ use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::{self, Resync, Subscribe, Unsubscribe};
 
 use super::{Origin, Owner, Sink};
-use crate::app::SharedAppConfig;
 use crate::cluster::ClusterView;
 use crate::config::AppConfig;
-use crate::edge::outbox::SocketId;
+use crate::config::SharedAppConfig;
+use crate::outbox::SocketId;
 use crate::webhooks::WebhookEvent;
 
 /// The tests' clock starts here; the owner never reads the clock, so a test moves time

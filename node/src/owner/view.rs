@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Owner, Shard, Sink};
 use crate::cluster::ClusterView;
-use crate::edge::outbox::SocketId;
+use crate::outbox::SocketId;
 use crate::webhooks::WebhookEvent;
 
 /// How long after a takeover a message for an unknown channel is held back.

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use relaymesh_proto::signing;
 
-use crate::app::SharedAppConfig;
+use crate::config::SharedAppConfig;
 use crate::config::WebhookConfig;
 use crate::telemetry;
 pub use batcher::Batcher;

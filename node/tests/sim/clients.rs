@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use relaymesh_node::edge::outbox::Conn;
-use relaymesh_node::edge::ws::codec;
 use relaymesh_node::edge::ws::session::Session;
+use relaymesh_node::frames;
+use relaymesh_node::outbox::Conn;
 use relaymesh_node::route::{self, Waiting};
 use relaymesh_proto::frame;
 use relaymesh_proto::mesh::envelope::Body;
@@ -282,7 +282,7 @@ impl Population {
         shared.set_now(world.at());
         let app = shared.apps.by_key(&app().key).expect("the app");
         let text = frame::channel_event("ev", channel, &id.to_string(), None);
-        let frame = codec::text_frame(&text);
+        let frame = frames::text_frame(&text);
         let waiting = route::begin(&shared, &app, channel, |request_id| {
             Body::Publish(PublishBody {
                 request_id,

@@ -13,7 +13,8 @@ use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::Query;
 
 use super::{json, signed, ApiError};
-use crate::{route, Shared};
+use crate::route;
+use crate::shared::Shared;
 
 fn info_list(text: Option<&str>) -> Vec<&str> {
     text.unwrap_or("")

@@ -17,9 +17,10 @@ use relaymesh_proto::mesh::{ChannelStats, Publish};
 
 use super::{json, parse_body, signed, ApiError};
 use crate::app::App;
-use crate::edge::outbox::SocketId;
-use crate::edge::ws::codec;
-use crate::{route, telemetry, Shared};
+use crate::frames;
+use crate::outbox::SocketId;
+use crate::shared::Shared;
+use crate::{route, telemetry};
 
 /// Channels one event may target.
 pub const CHANNELS_PER_EVENT_MAX: usize = 100;
@@ -143,7 +144,7 @@ fn send(shared: &Shared, app: &App, event: &Event) -> Result<Vec<route::Waiting>
     let mut waiting = Vec::with_capacity(event.channels.len());
     for channel in &event.channels {
         let text = frame::channel_event(&event.name, channel, &event.data, None);
-        let frame = codec::text_frame(&text);
+        let frame = frames::text_frame(&text);
         waiting.push(route::begin(shared, app, channel, |request_id| {
             Body::Publish(Publish {
                 request_id,

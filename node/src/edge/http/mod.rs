@@ -23,7 +23,8 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::edge::ws::handshake;
-use crate::{telemetry, Shared};
+use crate::shared::Shared;
+use crate::telemetry;
 
 /// An API failure: its status and a message a developer can act on.
 #[derive(Debug)]

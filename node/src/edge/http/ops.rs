@@ -7,7 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::cluster::Readiness;
-use crate::Shared;
+use crate::shared::Shared;
 
 /// The process is up and serving HTTP.
 pub async fn healthz() -> &'static str {

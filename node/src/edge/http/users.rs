@@ -10,7 +10,8 @@ use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::Terminate;
 
 use super::{json, signed, ApiError};
-use crate::{route, Shared};
+use crate::route;
+use crate::shared::Shared;
 
 pub async fn terminate(
     State(shared): State<Arc<Shared>>,

@@ -1,60 +1,15 @@
-//! RFC 6455 framing, server side.
+//! RFC 6455 framing, server side: reading what clients send. (What the node writes is
+//! encoded in `frames.rs`.)
 //!
-//! Outgoing frames are unmasked, so one encoded frame (header and payload) is valid for
-//! every subscriber: the hub encodes an event once and shares the bytes. Incoming frames
-//! are parsed from a buffer that exists only while a frame is incomplete, which keeps an
-//! idle connection's memory at a few hundred bytes.
+//! Incoming frames are parsed from a buffer that exists only while a frame is incomplete,
+//! which keeps an idle connection's memory at a few hundred bytes.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
 use relaymesh_proto::codes::ws_close;
 
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-/// Encodes one unmasked, final frame.
-fn encode(opcode: u8, payload: &[u8]) -> Bytes {
-    let len = payload.len();
-    let mut out = BytesMut::with_capacity(len + 10);
-    out.put_u8(0x80 | opcode);
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if len <= u16::MAX as usize {
-        out.put_u8(126);
-        out.put_u16(len as u16);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
-    }
-    out.extend_from_slice(payload);
-    out.freeze()
-}
-
-/// A text frame carrying `text`.
-pub fn text_frame(text: &str) -> Bytes {
-    encode(OP_TEXT, text.as_bytes())
-}
-
-pub fn pong_frame(payload: &[u8]) -> Bytes {
-    encode(OP_PONG, payload)
-}
-
-/// A close frame; the reason is cut to fit a control frame (125 bytes).
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut payload = Vec::with_capacity(2 + reason.len().min(123));
-    payload.extend_from_slice(&code.to_be_bytes());
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
-    encode(OP_CLOSE, &payload)
-}
+use crate::frames::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// A complete message from the client.
 #[derive(Debug, PartialEq, Eq)]
@@ -249,18 +204,6 @@ mod tests {
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
         out
-    }
-
-    #[test]
-    fn encodes_all_length_forms() {
-        assert_eq!(&text_frame("hi")[..], &[0x81, 2, b'h', b'i']);
-        let f = text_frame(&"a".repeat(200));
-        assert_eq!(&f[..4], &[0x81, 126, 0, 200]);
-        let f = text_frame(&"a".repeat(70_000));
-        assert_eq!(f[1], 127);
-        assert_eq!(f.len(), 70_000 + 10);
-        let c = close_frame(4201, "Pong reply not received");
-        assert_eq!(&c[..4], &[0x88, 25, 0x10, 0x69]);
     }
 
     #[test]

@@ -16,11 +16,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::edge::outbox::{Close, Drained};
-use crate::edge::ws::codec::{self, CodecError, Message, MessageReader};
+use crate::edge::ws::codec::{CodecError, Message, MessageReader};
 use crate::edge::ws::session::Session;
+use crate::frames;
+use crate::outbox::{Close, Drained};
+use crate::shared::Shared;
 use crate::telemetry;
-use crate::Shared;
 
 /// Bytes read from one socket before the task yields to others.
 const READ_BUDGET_BYTES: usize = 64 * 1024;
@@ -97,7 +98,7 @@ pub async fn run(stream: TcpStream, leftover: Bytes, mut session: Session, share
                     conn.push_text(&frame::error(None, "Binary frames are not supported", None));
                 }
                 Ok(Some(Message::Ping(payload))) => {
-                    conn.push(codec::pong_frame(&payload));
+                    conn.push(frames::pong_frame(&payload));
                 }
                 Ok(Some(Message::Pong)) => {}
                 Ok(Some(Message::Close(code))) => break 'session End::ClientClosed(code),
@@ -204,9 +205,9 @@ async fn finish(mut stream: TcpStream, end: End) {
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         if code >= 4000 {
             let error = frame::error(Some(code), reason, None);
-            stream.write_all(&codec::text_frame(&error)).await?;
+            stream.write_all(&frames::text_frame(&error)).await?;
         }
-        stream.write_all(&codec::close_frame(code, reason)).await?;
+        stream.write_all(&frames::close_frame(code, reason)).await?;
         stream.shutdown().await?;
         // Read until the client closes its side, discarding what it still sends.
         let mut sink = [0u8; 512];

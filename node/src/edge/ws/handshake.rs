@@ -17,9 +17,9 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use crate::app::AdmitError;
-use crate::edge::outbox::Conn;
 use crate::edge::ws::{connection, session::Session};
-use crate::Shared;
+use crate::outbox::Conn;
+use crate::shared::Shared;
 
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 

@@ -17,10 +17,11 @@ use relaymesh_proto::signing;
 use serde_json::value::RawValue;
 
 use crate::app::App;
-use crate::edge::outbox::Conn;
-use crate::edge::ws::codec;
+use crate::frames;
+use crate::outbox::Conn;
+use crate::shared::Shared;
 use crate::webhooks::WebhookEvent;
-use crate::{route, telemetry, Shared};
+use crate::{route, telemetry};
 
 /// Most channels one connection may hold; more are refused with `LimitReached`.
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1_000;
@@ -363,7 +364,7 @@ impl Session {
             }
             None => {}
         }
-        let mut answer = vec![codec::text_frame(&frame::signin_success(&data.user_data))];
+        let mut answer = vec![frames::text_frame(&frame::signin_success(&data.user_data))];
         let watchlist: Vec<Box<str>> = if config.watchlist_events {
             user.watchlist.into_iter().map(Into::into).collect()
         } else {
@@ -458,7 +459,7 @@ impl Session {
         } else {
             None
         };
-        let encoded = codec::text_frame(&frame::channel_event(event, channel, &data, user_id));
+        let encoded = frames::text_frame(&frame::channel_event(event, channel, &data, user_id));
         let publish = Body::Publish(Publish {
             frame: encoded,
             except: Some(self.conn.socket_id.into()),

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use relaymesh_proto::codes::ErrorCode;
 
-use crate::edge::ws::codec;
+use crate::frames;
 use crate::telemetry;
 
 /// Frames handed to one vectored write.
@@ -166,7 +166,7 @@ impl Conn {
 
     /// Queues a text frame built from `text`.
     pub fn push_text(&self, text: &str) -> Pushed {
-        self.push(codec::text_frame(text))
+        self.push(frames::text_frame(text))
     }
 
     /// Closes the connection after the frames already queued.

@@ -1,0 +1,210 @@
+//! Tests of the cluster core (in their own file to keep `core.rs` under the line limit).
+
+use super::*;
+use relaymesh_proto::control::{Member, NodeInfo, ViewUpdate};
+use relaymesh_proto::mesh::Reply;
+
+impl Waiter for () {
+    fn answer(self, _: Reply) {}
+    fn is_gone(&self) -> bool {
+        false
+    }
+}
+
+const TTL: Duration = Duration::from_millis(1000);
+const HEARTBEAT: Duration = Duration::from_millis(200);
+
+fn view(version: u64, nodes: &[&str]) -> Arc<ClusterView> {
+    let regions: Vec<(&str, &str)> = nodes.iter().map(|id| (*id, "eu")).collect();
+    view_in_regions(version, &regions)
+}
+
+fn view_in_regions(version: u64, nodes: &[(&str, &str)]) -> Arc<ClusterView> {
+    let mut view = ClusterView::default();
+    let members = nodes
+        .iter()
+        .map(|(id, region)| Member {
+            node: Some(NodeInfo {
+                node_id: (*id).into(),
+                incarnation: 1,
+                region: (*region).into(),
+                ..NodeInfo::default()
+            }),
+            state: NodeState::Active as i32,
+        })
+        .collect();
+    let update = ViewUpdate {
+        version,
+        full: true,
+        members,
+        ..ViewUpdate::default()
+    };
+    view.apply(update).unwrap();
+    Arc::new(view)
+}
+
+/// Node a of a, b, c: registered, linked to both, done with view 1.
+fn joined(t0: Instant) -> Core<()> {
+    let mut core = Core::new("a".into(), false);
+    let registered = Input::Registered {
+        ttl: TTL,
+        heartbeat: HEARTBEAT,
+        reported_state_lost: false,
+    };
+    core.handle(t0, registered);
+    core.handle(t0, Input::View(view(1, &["a", "b", "c"])));
+    core.handle(t0, Input::LinkUp("b".into()));
+    core.handle(t0, Input::LinkUp("c".into()));
+    core.handle(
+        t0,
+        Input::Resynced {
+            version: 1,
+            complete: true,
+        },
+    );
+    core
+}
+
+fn synced(from: &str, renewed_ago: Duration) -> Input {
+    Input::Synced {
+        from: from.into(),
+        version: 1,
+        renewed_ago: Some(renewed_ago),
+    }
+}
+
+fn has(outputs: &[Output], wanted: fn(&Output) -> bool) -> bool {
+    outputs.iter().any(wanted)
+}
+
+#[test]
+fn a_node_the_cluster_goes_on_without_fences_itself_then_sends_clients_away() {
+    let t0 = Instant::now();
+    let mut core = joined(t0);
+    let at = |ms| t0 + Duration::from_millis(ms);
+    // b renewed just now, a not for 600 ms (more than half the TTL): left behind.
+    core.handle(at(600), synced("b", Duration::ZERO));
+    assert!(!core.is_fenced(), "fencing is decided on the tick");
+    let out = core.handle(at(600), Input::Tick);
+    assert!(has(&out, |o| matches!(o, Output::Fence)), "{out:?}");
+    assert!(core.is_fenced() && core.state_lost());
+    // b goes on renewing; a stays fenced and, after the grace, sends its clients away.
+    for ms in (700..5_600).step_by(100) {
+        core.handle(at(ms), synced("b", Duration::ZERO));
+        let out = core.handle(at(ms), Input::Tick);
+        assert!(!has(&out, |o| matches!(o, Output::SendClientsAway)), "{ms}");
+    }
+    core.handle(at(5_600), synced("b", Duration::ZERO));
+    let out = core.handle(at(5_600), Input::Tick);
+    assert!(
+        has(&out, |o| matches!(o, Output::SendClientsAway)),
+        "{out:?}"
+    );
+    // Registering again (saying it lost its state) ends the fence; the next tick sends
+    // this node's part of every channel again.
+    let registered = Input::Registered {
+        ttl: TTL,
+        heartbeat: HEARTBEAT,
+        reported_state_lost: true,
+    };
+    let out = core.handle(at(6_000), registered);
+    assert!(has(&out, |o| matches!(o, Output::Unfence)), "{out:?}");
+    assert!(!core.state_lost());
+    let out = core.handle(at(6_100), Input::Tick);
+    assert!(
+        has(&out, |o| matches!(o, Output::Resync { all: true, .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_control_plane_down_for_everyone_fences_no_one() {
+    let t0 = Instant::now();
+    let mut core = joined(t0);
+    // Nobody renews: b and c last renewed when a did.
+    for ms in (100..=3_000).step_by(100) {
+        let now = t0 + Duration::from_millis(ms);
+        let since = Duration::from_millis(ms);
+        core.handle(now, synced("b", since));
+        core.handle(now, synced("c", since));
+        let out = core.handle(now, Input::Tick);
+        assert!(!has(&out, |o| matches!(o, Output::Fence)), "at {ms} ms");
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_every_other_fences_itself() {
+    let t0 = Instant::now();
+    let mut core = joined(t0);
+    core.handle(t0, Input::LinkDown("b".into()));
+    let out = core.handle(t0 + Duration::from_millis(400), Input::Tick);
+    assert!(!core.is_fenced(), "its lease is not in doubt yet: {out:?}");
+    core.handle(t0, Input::LinkDown("c".into()));
+    core.handle(t0 + Duration::from_millis(600), Input::Tick);
+    assert!(core.is_fenced());
+}
+
+#[test]
+fn settling_waits_for_every_node_of_the_view() {
+    let t0 = Instant::now();
+    let mut core = joined(t0);
+    assert_eq!(core.everyone_done(), 0, "b and c said nothing yet");
+    core.handle(t0, synced("b", Duration::ZERO));
+    assert_eq!(core.everyone_done(), 0);
+    let out = core.handle(t0, synced("c", Duration::ZERO));
+    assert!(
+        has(&out, |o| matches!(o, Output::Settle { done: 1 })),
+        "{out:?}"
+    );
+    // A node that leaves the view is no longer waited for; a new one is.
+    core.handle(t0, Input::View(view(2, &["a", "b", "d"])));
+    assert_eq!(core.everyone_done(), 0, "d said nothing yet");
+}
+
+#[test]
+fn a_partition_between_regions_leaves_each_region_ready() {
+    let t0 = Instant::now();
+    let mut core: Core<()> = Core::new("a".into(), false);
+    assert_eq!(core.readiness("eu", true), Readiness::NotActive);
+    let regions = [("a", "eu"), ("b", "eu"), ("c", "us"), ("d", "us")];
+    core.handle(t0, Input::View(view_in_regions(1, &regions)));
+    for peer in ["b", "c", "d"] {
+        core.handle(t0, Input::LinkUp(peer.into()));
+    }
+    let no_one = Vec::<String>::new();
+    assert_eq!(
+        core.readiness("eu", true),
+        Readiness::Ready { elsewhere: no_one }
+    );
+    // The regions lose each other: a still serves its region.
+    core.handle(t0, Input::LinkDown("c".into()));
+    core.handle(t0, Input::LinkDown("d".into()));
+    let far = vec!["c".to_owned(), "d".to_owned()];
+    assert_eq!(
+        core.readiness("eu", true),
+        Readiness::Ready { elsewhere: far }
+    );
+    // Cut off inside its own region, it is not ready.
+    core.handle(t0, Input::LinkDown("b".into()));
+    assert_eq!(
+        core.readiness("eu", true),
+        Readiness::Unlinked(vec!["b".into()])
+    );
+    // Without a mesh, being active is enough.
+    assert!(matches!(
+        core.readiness("eu", false),
+        Readiness::Ready { .. }
+    ));
+}
+
+#[test]
+fn requests_to_a_node_fail_when_its_link_goes_down_or_it_leaves() {
+    let t0 = Instant::now();
+    let mut core = joined(t0);
+    core.requests.register("b", ()).unwrap();
+    core.requests.register("c", ()).unwrap();
+    core.handle(t0, Input::LinkDown("b".into()));
+    assert_eq!(core.requests.len(), 1);
+    core.handle(t0, Input::View(view(2, &["a", "b"])));
+    assert!(core.requests.is_empty());
+}
