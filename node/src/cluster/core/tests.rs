@@ -100,7 +100,8 @@ fn a_node_the_cluster_goes_on_without_fences_itself_then_sends_clients_away() {
         has(&out, |o| matches!(o, Output::SendClientsAway)),
         "{out:?}"
     );
-    // Registering again (saying it lost its state) ends the fence; the next tick sends
+    // Registering again (saying it lost its state) ends the fence; its clients, who
+    // missed what was published while it was out, are sent away; the next tick sends
     // this node's part of every channel again.
     let registered = Input::Registered {
         ttl: TTL,
@@ -109,6 +110,10 @@ fn a_node_the_cluster_goes_on_without_fences_itself_then_sends_clients_away() {
     };
     let out = core.handle(at(6_000), registered);
     assert!(has(&out, |o| matches!(o, Output::Unfence)), "{out:?}");
+    assert!(
+        has(&out, |o| matches!(o, Output::SendClientsAway)),
+        "{out:?}"
+    );
     assert!(!core.state_lost());
     let out = core.handle(at(6_100), Input::Tick);
     assert!(
@@ -130,6 +135,17 @@ fn a_control_plane_down_for_everyone_fences_no_one() {
         let out = core.handle(now, Input::Tick);
         assert!(!has(&out, |o| matches!(o, Output::Fence)), "at {ms} ms");
     }
+    // It comes back: nobody was expired, so every client stays.
+    let registered = Input::Registered {
+        ttl: TTL,
+        heartbeat: HEARTBEAT,
+        reported_state_lost: false,
+    };
+    let out = core.handle(t0 + Duration::from_millis(3_100), registered);
+    assert!(
+        !has(&out, |o| matches!(o, Output::SendClientsAway)),
+        "{out:?}"
+    );
 }
 
 #[test]
