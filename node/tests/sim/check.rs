@@ -1,6 +1,6 @@
 //! The invariants, checked on what the clients received against what really happened.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::clients::Population;
 use super::world::World;
@@ -116,4 +116,53 @@ fn rosters_match_who_is_there(world: &World, people: &Population, found: &mut Ve
             }
         }
     }
+}
+
+/// What a channel's owner says at rest.
+pub struct Owned {
+    pub sockets: u32,
+    pub users: BTreeSet<String>,
+}
+
+/// At rest, every channel's owner has exactly the sockets subscribed on nodes in the
+/// cluster (no ghost left by a lost leave, no subscriber it forgot, so no
+/// channel_vacated under anyone's feet), and on presence channels exactly their users.
+pub fn owners_know_who_is_there(
+    world: &World,
+    people: &Population,
+    owners: &BTreeMap<String, Result<Owned, String>>,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    for (channel, owned) in owners {
+        let subscribed: Vec<&super::clients::Client> = people
+            .clients
+            .iter()
+            .filter(|c| c.connected && world.nodes[c.node].alive && world.in_cluster(c.node))
+            .filter(|c| {
+                c.channels
+                    .get(channel)
+                    .is_some_and(|s| s.succeeded_at.is_some())
+            })
+            .collect();
+        let users: BTreeSet<String> = subscribed.iter().map(|c| c.user.clone()).collect();
+        match owned {
+            Err(e) => found.push(format!("the owner of {channel} did not answer: {e}")),
+            Ok(owned) => {
+                if owned.sockets as usize != subscribed.len() {
+                    found.push(format!(
+                        "the owner of {channel} counts {} sockets, {} are subscribed",
+                        owned.sockets,
+                        subscribed.len()
+                    ));
+                }
+                if channel.starts_with("presence-") && owned.users != users {
+                    found.push(format!(
+                        "the owner of {channel} lists {:?}, present are {users:?}",
+                        owned.users
+                    ));
+                }
+            }
+        }
+    }
+    found
 }

@@ -306,6 +306,24 @@ impl Population {
         });
     }
 
+    /// Asks the owner of `channel`, through `node`, for its count and users.
+    pub fn query(
+        &self,
+        world: &mut World,
+        node: usize,
+        channel: &str,
+    ) -> Result<Waiting, route::RouteError> {
+        let shared = world.nodes[node].shared.clone();
+        shared.set_now(world.at());
+        let app = shared.apps.by_key(&app().key).expect("the app");
+        route::begin(&shared, &app, channel, |request_id| {
+            Body::Query(relaymesh_proto::mesh::Query {
+                request_id,
+                users: true,
+            })
+        })
+    }
+
     /// Takes the publishes' answers and every client's frames.
     pub fn poll(&mut self, world: &mut World) {
         for p in &mut self.publishes {
