@@ -23,6 +23,7 @@ use relaymesh_proto::mesh::{Envelope, Resync, Subscribe};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::app::App;
 use crate::cluster::{ClusterView, Input, Output};
 use crate::shared::Shared;
 use crate::{route, telemetry};
@@ -52,6 +53,15 @@ fn carry_out(shared: &Shared, now: Instant, output: Output) {
             input(shared, now, Input::Resynced { version, complete });
         }
         Output::RetryUnsent => route::retry_unsent(shared),
+        Output::ResyncOwnedBy(node) => {
+            let view = shared.view.borrow().clone();
+            for app in shared.apps.all() {
+                let owned_there = |channel: &str| {
+                    (view.owner_of(&app.id, channel) == Some(node.as_str())).then_some(false)
+                };
+                send_parts(shared, &app, &view, owned_there);
+            }
+        }
         Output::TellNodes(synced) => route::to_every_node(shared, Body::Synced(synced)),
         Output::Settle { done } => {
             let deadline = shared.config.mesh.settle_deadline();
@@ -151,35 +161,52 @@ fn resync(
             view,
             &mut route::owner_sink(shared, &app),
         );
-        let parts = app.hub.parts(
-            |channel| {
-                let moved = view.moved_since(previous, &app.id, channel);
-                (all || moved).then_some(moved)
-            },
-            |channel| view.owner_of(&app.id, channel).map(str::to_owned),
-            view.version,
-        );
-        for part in parts {
-            let mut told = part.told;
-            let chunks = part.sockets.chunks(SOCKETS_PER_RESYNC).count();
-            for (i, sockets) in part.sockets.chunks(SOCKETS_PER_RESYNC).enumerate() {
-                let resync = Resync {
-                    first: i == 0,
-                    last: i + 1 == chunks,
-                    sockets: sockets
-                        .iter()
-                        .map(|(socket, member)| Subscribe {
-                            socket: Some((*socket).into()),
-                            member: member.clone(),
-                            ..Subscribe::default()
-                        })
-                        .collect(),
-                    told_members: std::mem::take(&mut told),
-                };
-                if let Err(e) = route::to_owner(shared, &app, &part.channel, Body::Resync(resync)) {
-                    tracing::debug!(channel = &*part.channel, error = %e, "resync waits for its owner");
-                    complete = false;
-                }
+        let moved = |channel: &str| {
+            let moved = view.moved_since(previous, &app.id, channel);
+            (all || moved).then_some(moved)
+        };
+        complete &= send_parts(shared, &app, view, moved);
+    }
+    complete
+}
+
+/// Sends this node's part of every channel `select` picks (saying whether its owner
+/// changed) to the channel's owner in `view`, whole: first to last message. False when
+/// an owner could not be reached.
+fn send_parts(
+    shared: &Shared,
+    app: &App,
+    view: &ClusterView,
+    select: impl Fn(&str) -> Option<bool>,
+) -> bool {
+    let mut complete = true;
+    let attempts_so_far = app.hub.attempts_so_far();
+    let parts = app.hub.parts(
+        select,
+        |channel| view.owner_of(&app.id, channel).map(str::to_owned),
+        view.version,
+    );
+    for part in parts {
+        let mut told = part.told;
+        let chunks = part.sockets.chunks(SOCKETS_PER_RESYNC).count();
+        for (i, sockets) in part.sockets.chunks(SOCKETS_PER_RESYNC).enumerate() {
+            let resync = Resync {
+                first: i == 0,
+                last: i + 1 == chunks,
+                attempts_so_far,
+                sockets: sockets
+                    .iter()
+                    .map(|(socket, member)| Subscribe {
+                        socket: Some((*socket).into()),
+                        member: member.clone(),
+                        ..Subscribe::default()
+                    })
+                    .collect(),
+                told_members: std::mem::take(&mut told),
+            };
+            if let Err(e) = route::to_owner(shared, app, &part.channel, Body::Resync(resync)) {
+                tracing::debug!(channel = &*part.channel, error = %e, "resync waits for its owner");
+                complete = false;
             }
         }
     }

@@ -68,6 +68,11 @@ pub enum Output {
     },
     /// Subscriptions whose owner could not be reached go again.
     RetryUnsent,
+    /// A link came back: this node's part of every channel `owner` owns goes to it again,
+    /// whole, since frames in flight when the link broke may be lost either way (the
+    /// owner then drops the sockets the part does not name, and tells where its frames
+    /// to this node stand).
+    ResyncOwnedBy(String),
     /// To every other node of the view.
     TellNodes(Synced),
     /// Rebuilt channels whose nodes are all done with `done` (or waited too long) settle.
@@ -99,6 +104,8 @@ struct Heard {
     done: u64,
     /// When it last renewed its lease, as far as this node can tell.
     renewed_at: Option<Instant>,
+    /// When this node heard it: old news says nothing about now.
+    heard_at: Instant,
 }
 
 /// This node's lease as the node sees it.
@@ -217,7 +224,7 @@ impl<W: Waiter> Core<W> {
                 }
                 out.push(Output::RetryUnsent);
                 let me = self.me.clone();
-                self.record(&me, self.resynced, self.lease.renewed_at);
+                self.record(&me, self.resynced, self.lease.renewed_at, now);
                 out.push(self.lease_news(now));
                 out.push(Output::Settle {
                     done: self.everyone_done(),
@@ -229,14 +236,17 @@ impl<W: Waiter> Core<W> {
                 renewed_ago,
             } => {
                 let renewed_at = renewed_ago.and_then(|ago| now.checked_sub(ago));
-                self.record(&from, version, renewed_at);
+                self.record(&from, version, renewed_at, now);
                 out.push(Output::Settle {
                     done: self.everyone_done(),
                 });
             }
             Input::LinkUp(node) => {
-                self.linked.insert(node, ());
+                self.linked.insert(node.clone(), ());
                 out.push(Output::RetryUnsent);
+                if !self.standalone && self.view.members.contains_key(&node) {
+                    out.push(Output::ResyncOwnedBy(node));
+                }
             }
             Input::LinkDown(node) => {
                 self.linked.remove(&node);
@@ -280,13 +290,17 @@ impl<W: Waiter> Core<W> {
         });
     }
 
-    fn record(&mut self, node: &str, version: u64, renewed_at: Option<Instant>) {
+    fn record(&mut self, node: &str, version: u64, renewed_at: Option<Instant>, now: Instant) {
         let done = self
             .heard
             .get(node)
             .map_or(version, |h| h.done.max(version));
-        self.heard
-            .insert(node.to_owned(), Heard { done, renewed_at });
+        let heard = Heard {
+            done,
+            renewed_at,
+            heard_at: now,
+        };
+        self.heard.insert(node.to_owned(), heard);
     }
 
     fn lease_news(&self, now: Instant) -> Output {
@@ -344,9 +358,15 @@ impl<W: Waiter> Core<W> {
         }
         // Past the TTL by every node's word: the control plane saw no renewal for half of
         // it (their news lags by less than that), so it holds everyone's lease for the grace.
-        let outage = now
-            .checked_sub(self.lease.ttl)
-            .is_some_and(|long_ago| renewed_at < long_ago && !self.another_renewed_since(long_ago));
+        // Only fresh news counts: nodes that dropped this one (it was expired) stop telling
+        // it anything, and that silence is no outage.
+        let fresh = self.heard.iter().any(|(id, h)| {
+            *id != self.me && now.saturating_duration_since(h.heard_at) <= self.lease.ttl / 2
+        });
+        let outage = fresh
+            && now.checked_sub(self.lease.ttl).is_some_and(|long_ago| {
+                renewed_at < long_ago && !self.another_renewed_since(long_ago)
+            });
         if outage {
             self.lease.outage_seen_at = Some(now);
         }

@@ -381,14 +381,14 @@ impl Hub {
         let Some(state) = shard.get_mut(channel) else {
             return 0;
         };
+        let probe = deliver.frame.is_empty();
         if let Some(from) = sender {
-            let probe = deliver.frame.is_empty();
             if state.numbering.frame(from, deliver.seq, probe) == Check::Gap {
                 state.lost_frames(channel, None);
             }
-            if probe {
-                return 0;
-            }
+        }
+        if probe {
+            return 0;
         }
         let member_event = !deliver.member_added.is_empty() || !deliver.member_removed.is_empty();
         if member_event && state.is_stale(sender) {

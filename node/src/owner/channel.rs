@@ -22,6 +22,8 @@ pub(super) struct Subscriber {
     pub(super) incarnation: u64,
     /// The presence user the socket joined as.
     pub(super) user: Option<Box<str>>,
+    /// Its subscription attempt (0 when it came in a resync).
+    pub(super) attempt: u64,
 }
 
 /// A node with subscribers of the channel.
@@ -241,6 +243,7 @@ mod tests {
                 node: channel.node_key(node),
                 incarnation: 1,
                 user: None,
+                attempt: 0,
             };
             channel.add_socket(SocketId { node: 1, seq }, subscriber);
         }

@@ -161,6 +161,7 @@ impl Owner {
                 node: node.clone(),
                 incarnation: origin.incarnation,
                 user,
+                attempt: 0,
             };
             entry.add_socket(socket, subscriber);
         }
@@ -179,7 +180,7 @@ impl Owner {
             named.extend(&named_now);
         }
         if resync.last {
-            self.drop_unnamed(shard, now, channel, &node, sink);
+            self.drop_unnamed(shard, now, channel, &node, resync.attempts_so_far, sink);
         }
     }
 
@@ -191,6 +192,7 @@ impl Owner {
         now: Instant,
         channel: &str,
         node: &Arc<str>,
+        attempts_so_far: u64,
         sink: &mut dyn Sink,
     ) {
         let Some(entry) = shard.channels.get_mut(channel) else {
@@ -202,7 +204,9 @@ impl Owner {
         let mut gone: Vec<SocketId> = entry
             .sockets
             .iter()
-            .filter(|(socket, s)| s.node == *node && !named.contains(*socket))
+            .filter(|(socket, s)| {
+                s.node == *node && !named.contains(*socket) && s.attempt <= attempts_so_far
+            })
             .map(|(socket, _)| *socket)
             .collect();
         gone.sort_unstable();
@@ -227,6 +231,10 @@ impl Owner {
         } else {
             for socket in gone {
                 self.unsubscribe(shard, now, channel, socket, sink);
+            }
+            // Where the node's frames stand: after a broken link it sees what it missed.
+            if let Some(entry) = shard.channels.get(channel) {
+                entry.probe(node, channel, sink);
             }
         }
     }
@@ -359,6 +367,14 @@ mod tests {
         join(&owner, "a", room, 1, Some("u1"));
         join(&owner, "a", room, 2, Some("u2"));
         join(&owner, "b", room, 3, Some("u3"));
+        // Socket 4 joined after a took its part (attempt 9 > 5): its join overtook the
+        // part, which cannot name it.
+        let late = Body::Subscribe(Subscribe {
+            socket: Some(socket(4).into()),
+            member: Some(member("u4")),
+            attempt: 9,
+        });
+        owner.handle(epoch(), origin("a"), room, late, &mut Recorded::default());
         // a's part, in two messages: socket 2 left while the leave could not get here.
         let part = |seq: u64, user: &str, first, last| Resync {
             sockets: vec![Subscribe {
@@ -368,6 +384,7 @@ mod tests {
             }],
             first,
             last,
+            attempts_so_far: 5,
             ..Resync::default()
         };
         let mut sink = Recorded::default();
@@ -387,7 +404,7 @@ mod tests {
         assert_eq!(sink.webhook_names(), ["member_removed"]);
         // b's socket was not a's to name.
         let users = query_users(&owner, room);
-        assert_eq!(users, ["u1", "u3"]);
+        assert_eq!(users, ["u1", "u3", "u4"]);
     }
 
     #[test]

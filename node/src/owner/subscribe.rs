@@ -122,6 +122,7 @@ impl Owner {
             node,
             incarnation: origin.incarnation,
             user,
+            attempt,
         };
         entry.add_socket(socket, subscriber);
         if newly_occupied {

@@ -43,12 +43,14 @@ impl Recorded {
         std::mem::take(self)
     }
 
-    /// The frames delivered to each node, as text.
+    /// The frames delivered to each node, as text (probes, which carry none, left out).
     pub fn delivered(&self) -> Vec<(String, String)> {
         self.sent
             .iter()
             .filter_map(|(node, _, body)| match body {
-                Body::Deliver(d) => Some((node.clone(), frame_text(&d.frame))),
+                Body::Deliver(d) if !d.frame.is_empty() => {
+                    Some((node.clone(), frame_text(&d.frame)))
+                }
                 _ => None,
             })
             .collect()

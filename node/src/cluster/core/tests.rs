@@ -224,3 +224,38 @@ fn requests_to_a_node_fail_when_its_link_goes_down_or_it_leaves() {
     core.handle(t0, Input::View(view(2, &["a", "b"])));
     assert!(core.requests.is_empty());
 }
+
+#[test]
+fn an_expired_node_stays_fenced_until_it_registers_even_when_its_links_come_back() {
+    let t0 = Instant::now();
+    let mut core = joined(t0);
+    let at = |ms| t0 + Duration::from_millis(ms);
+    core.handle(at(600), synced("b", Duration::ZERO));
+    core.handle(at(600), Input::Tick);
+    assert!(core.is_fenced());
+    // The others expire it and drop their links: no more news from them.
+    core.handle(at(1_100), Input::LinkDown("b".into()));
+    core.handle(at(1_100), Input::LinkDown("c".into()));
+    // Its links come back before its registration is answered; the old silence is no
+    // sign of a control plane down for everyone.
+    core.handle(at(2_900), Input::LinkUp("b".into()));
+    core.handle(at(2_900), Input::LinkUp("c".into()));
+    for ms in (2_900..3_500).step_by(100) {
+        let out = core.handle(at(ms), Input::Tick);
+        assert!(
+            !has(&out, |o| matches!(o, Output::Unfence)),
+            "at {ms} ms: {out:?}"
+        );
+    }
+    let registered = Input::Registered {
+        ttl: TTL,
+        heartbeat: HEARTBEAT,
+        reported_state_lost: true,
+    };
+    let out = core.handle(at(3_500), registered);
+    assert!(has(&out, |o| matches!(o, Output::Unfence)), "{out:?}");
+    assert!(
+        has(&out, |o| matches!(o, Output::SendClientsAway)),
+        "{out:?}"
+    );
+}
