@@ -20,7 +20,7 @@ use rand::Rng;
 use relaymesh_node::config::Config;
 use world::World;
 
-const SEEDS_DEFAULT: u64 = 100;
+const SEEDS_DEFAULT: u64 = 300;
 const NODES: usize = 3;
 const CHANNELS: [&str; 6] = [
     "c-0",
