@@ -2,7 +2,8 @@
 //! a simulated control plane and clock, clients, publishers and one fault per scenario,
 //! all chosen by a seed. After the run every invariant of `check.rs` must hold; a failing
 //! seed is printed with the end of its trace and replays exactly with
-//! `RELAYMESH_SIM_SEED=<seed> cargo test -p relaymesh-node --test sim -- --nocapture`.
+//! `RELAYMESH_SIM_SEED=<seed> cargo test -p relaymesh-node --test sim -- --nocapture`
+//! (add `RELAYMESH_SIM_TRACE=1` for every step of the run).
 //!
 //! `RELAYMESH_SIM_SEEDS` sets how many seeds each scenario runs (CI: the default below;
 //! docs/benchmarks.md has a longer run).
@@ -319,6 +320,12 @@ fn hold(scenario: Scenario) {
     let (mut acked, mut delivered, mut runs) = (0, 0, 0);
     for seed in seeds_for(scenario) {
         let outcome = run(scenario, seed);
+        if std::env::var("RELAYMESH_SIM_TRACE").is_ok() {
+            println!("--- {scenario:?} seed {seed}");
+            for line in outcome.trace.iter().chain(&outcome.violations) {
+                println!("{line}");
+            }
+        }
         runs += 1;
         acked += outcome.acked;
         delivered += outcome.delivered;
@@ -449,21 +456,4 @@ fn an_owner_that_decides_before_the_resyncs_arrive_is_caught() {
     assert!(!broken.is_empty(), "no seed caught the broken rule");
     let kept = seeds.filter(|seed| run(Scenario::JoinUnderLoad, *seed).violations.is_empty());
     assert_eq!(kept.count(), 20, "with the rule kept, every seed holds");
-}
-
-/// Prints the whole trace of `RELAYMESH_SIM_TRACE=<scenario>:<seed>` (debugging aid).
-#[test]
-fn trace_on_request() {
-    let Ok(wanted) = std::env::var("RELAYMESH_SIM_TRACE") else {
-        return;
-    };
-    let (name, seed) = wanted.split_once(':').expect("scenario:seed");
-    let scenario = SCENARIOS
-        .into_iter()
-        .find(|s| format!("{s:?}") == name)
-        .expect("a scenario name");
-    let outcome = run(scenario, seed.parse().expect("a seed"));
-    for line in outcome.trace.iter().chain(&outcome.violations) {
-        println!("{line}");
-    }
 }
