@@ -416,10 +416,6 @@ impl<W: Waiter> Core<W> {
         self.fenced
     }
 
-    pub fn view(&self) -> &Arc<ClusterView> {
-        &self.view
-    }
-
     /// Ready means: active in the view, and linked to every active node of its own region
     /// (`region`). A partition between regions leaves each region's nodes ready for their
     /// local clients (what is owned across the cut waits, with 503s for publishes); a
@@ -455,15 +451,6 @@ impl<W: Waiter> Core<W> {
         } else {
             Readiness::Unlinked(unlinked)
         }
-    }
-
-    /// Whether a live link to `node` is up.
-    pub fn linked_to(&self, node: &str) -> bool {
-        self.linked.contains_key(node)
-    }
-
-    pub fn node_state(&self) -> Option<NodeState> {
-        self.view.state_of(&self.me)
     }
 }
 
