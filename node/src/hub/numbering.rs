@@ -78,27 +78,15 @@ impl Numbering {
             return Check::InOrder;
         }
         let expected = |last: u64| if probe { last } else { last + 1 };
+        // The expectation goes with the owner's first frame, whatever it is.
         let fresh = self.fresh(from);
-        match self.stream(from) {
-            Some(stream) => {
-                let started_over = seq == 1 && !probe && fresh;
-                let check = if seq == expected(stream.last) || started_over {
-                    Check::InOrder
-                } else {
-                    Check::Gap
-                };
-                stream.last = seq;
-                check
-            }
-            None => {
-                self.start(from, seq);
-                if seq == expected(0).max(1) && !probe {
-                    Check::InOrder
-                } else {
-                    Check::Gap
-                }
-            }
-        }
+        let started_over = seq == 1 && !probe && fresh;
+        self.advance(
+            from,
+            seq,
+            |last| seq == expected(last) || started_over,
+            seq == 1 && !probe,
+        )
     }
 
     /// A subscription answer: the node's frames continue from `seq`. A different number
@@ -106,20 +94,33 @@ impl Numbering {
     /// frames (or were forgotten by the owner).
     pub fn answer(&mut self, from: Remote<'_>, seq: u64) -> Check {
         let fresh = self.fresh(from);
-        match self.stream(from) {
+        self.advance(from, seq, |last| last == seq || fresh, true)
+    }
+
+    /// Records `seq` as the last number from `from`: in order when `continues` accepts
+    /// the previous last number; from an owner not heard of yet, when `first_ok`.
+    fn advance(
+        &mut self,
+        from: Remote<'_>,
+        seq: u64,
+        continues: impl Fn(u64) -> bool,
+        first_ok: bool,
+    ) -> Check {
+        let in_order = match self.stream(from) {
             Some(stream) => {
-                let check = if stream.last == seq || fresh {
-                    Check::InOrder
-                } else {
-                    Check::Gap
-                };
+                let in_order = continues(stream.last);
                 stream.last = seq;
-                check
+                in_order
             }
             None => {
                 self.start(from, seq);
-                Check::InOrder
+                first_ok
             }
+        };
+        if in_order {
+            Check::InOrder
+        } else {
+            Check::Gap
         }
     }
 }
