@@ -48,7 +48,7 @@ fn carry_out(shared: &Shared, now: Instant, output: Output) {
             view,
             all,
         } => {
-            let complete = resync(shared, now, &previous, &view, all);
+            let complete = resync(shared, &previous, &view, all);
             let version = view.version;
             input(shared, now, Input::Resynced { version, complete });
         }
@@ -63,11 +63,15 @@ fn carry_out(shared: &Shared, now: Instant, output: Output) {
             }
         }
         Output::TellNodes(synced) => route::to_every_node(shared, Body::Synced(synced)),
-        Output::Settle { done } => {
-            let deadline = shared.config.mesh.settle_deadline();
+        Output::TakeOver(takeover) => {
+            for app in shared.apps.all() {
+                app.owner.take_over(takeover.clone());
+            }
+        }
+        Output::Settle { done, overdue } => {
             for app in shared.apps.all() {
                 let mut sink = route::owner_sink(shared, &app);
-                app.owner.settle(now, done, deadline, &mut sink);
+                app.owner.settle(now, done, overdue, &mut sink);
             }
         }
         Output::Fence => {
@@ -142,25 +146,14 @@ pub fn spawn(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> JoinHandle
 
 /// Owners follow `view`; this node's part of every channel that moved since `previous`
 /// (every channel when `all`) goes to its owner. False when an owner could not be reached.
-fn resync(
-    shared: &Shared,
-    now: Instant,
-    previous: &ClusterView,
-    view: &ClusterView,
-    all: bool,
-) -> bool {
+fn resync(shared: &Shared, previous: &ClusterView, view: &ClusterView, all: bool) -> bool {
     if shared.config.mesh.listen.is_none() {
         return true;
     }
     let mut complete = true;
     for app in shared.apps.all() {
-        app.owner.follow_view(
-            now,
-            &shared.node_id,
-            previous,
-            view,
-            &mut route::owner_sink(shared, &app),
-        );
+        let mut sink = route::owner_sink(shared, &app);
+        app.owner.follow_view(&shared.node_id, view, &mut sink);
         let moved = |channel: &str| {
             let moved = view.moved_since(previous, &app.id, channel);
             (all || moved).then_some(moved)

@@ -90,11 +90,12 @@ impl Shared {
             .clone()
             .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
         let standalone = config.control_plane.endpoint.is_none();
+        let core = Core::new(node_id.clone(), standalone, config.mesh.settle_deadline());
         Ok(Shared {
             apps: Apps::new(&config, &http, stats.clone()),
             config,
             metrics: telemetry::handle(),
-            cluster: Mutex::new(Core::new(node_id.clone(), standalone)),
+            cluster: Mutex::new(core),
             node_id,
             view: watch::Sender::new(Arc::new(ClusterView::default())),
             stats,

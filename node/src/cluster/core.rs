@@ -2,8 +2,9 @@
 //!
 //! It holds the view the node follows, each other node's progress (the view it finished
 //! resyncing, when it last renewed its lease), this node's lease and fence state, whether
-//! its part of every channel still has to reach the owners, and the table of requests
-//! waiting for an owner's reply. [`Core::handle`] takes the time and one [`Input`] and
+//! its part of every channel still has to reach the owners, the takeover of the channels
+//! the last view moved here and the settle deadline of rebuilt channels, and the table of
+//! requests waiting for an owner's reply. [`Core::handle`] takes the time and one [`Input`] and
 //! returns the [`Output`]s for the shell (`rebalance.rs`) to carry out: no clock reads, no
 //! locks, no tasks here, so a test drives it step by step with a simulated clock.
 
@@ -15,6 +16,7 @@ use relaymesh_proto::control::{NodeState, OUTAGE_GRACE};
 use relaymesh_proto::mesh::Synced;
 
 use super::requests::{Requests, Waiter};
+use super::takeover::Takeover;
 use super::view::ClusterView;
 
 /// How long a fenced node keeps its clients, in case it registers again at once.
@@ -75,8 +77,12 @@ pub enum Output {
     ResyncOwnedBy(String),
     /// To every other node of the view.
     TellNodes(Synced),
-    /// Rebuilt channels whose nodes are all done with `done` (or waited too long) settle.
-    Settle { done: u64 },
+    /// Owners hold back the first messages of channels that moved here (`Some`), or no
+    /// longer (`None`). Comes before the [`Output::Resync`] of the view it takes over.
+    TakeOver(Option<Arc<Takeover>>),
+    /// Rebuilt channels whose nodes are all done with `done`, or that started settling at
+    /// or before `overdue` (the settle deadline ago), settle.
+    Settle { done: u64, overdue: Option<Instant> },
     /// The node lost its lease while the cluster goes on: owners drop every channel.
     Fence,
     /// The node holds its lease again.
@@ -140,12 +146,17 @@ pub struct Core<W> {
     resync_all: bool,
     /// Nodes with a live link (a node with none is cut off from the cluster).
     linked: BTreeMap<String, ()>,
+    takeover: Option<Arc<Takeover>>,
+    /// The node dropped every channel since the last view: the next one moves them all here.
+    forgot_all: bool,
+    /// How long a rebuilt channel waits for nodes that are not done with its view.
+    settle_deadline: Duration,
     ticks: u32,
     pub requests: Requests<W>,
 }
 
 impl<W: Waiter> Core<W> {
-    pub fn new(me: String, standalone: bool) -> Core<W> {
+    pub fn new(me: String, standalone: bool, settle_deadline: Duration) -> Core<W> {
         Core {
             me,
             standalone,
@@ -157,6 +168,9 @@ impl<W: Waiter> Core<W> {
             resynced: 0,
             resync_all: false,
             linked: BTreeMap::new(),
+            takeover: None,
+            forgot_all: false,
+            settle_deadline,
             ticks: 0,
             requests: Requests::default(),
         }
@@ -206,6 +220,15 @@ impl<W: Waiter> Core<W> {
                     }
                 }
                 if !self.standalone {
+                    let owned_under = if std::mem::take(&mut self.forgot_all) {
+                        Arc::default()
+                    } else {
+                        previous.clone()
+                    };
+                    let me = self.me.as_str().into();
+                    let takeover = Takeover::new(me, owned_under, view.clone(), now);
+                    self.takeover = Some(Arc::new(takeover));
+                    out.push(Output::TakeOver(self.takeover.clone()));
                     let all = std::mem::take(&mut self.resync_all);
                     out.push(Output::Resync {
                         previous,
@@ -226,9 +249,7 @@ impl<W: Waiter> Core<W> {
                 let me = self.me.clone();
                 self.record(&me, self.resynced, self.lease.renewed_at, now);
                 out.push(self.lease_news(now));
-                out.push(Output::Settle {
-                    done: self.everyone_done(),
-                });
+                self.settle(now, &mut out);
             }
             Input::Synced {
                 from,
@@ -237,9 +258,7 @@ impl<W: Waiter> Core<W> {
             } => {
                 let renewed_at = renewed_ago.and_then(|ago| now.checked_sub(ago));
                 self.record(&from, version, renewed_at, now);
-                out.push(Output::Settle {
-                    done: self.everyone_done(),
-                });
+                self.settle(now, &mut out);
             }
             Input::LinkUp(node) => {
                 self.linked.insert(node.clone(), ());
@@ -285,9 +304,23 @@ impl<W: Waiter> Core<W> {
                 });
             }
         }
-        out.push(Output::Settle {
-            done: self.everyone_done(),
-        });
+        self.settle(now, out);
+    }
+
+    /// Ends the takeover once it is over, and lets the rebuilt channels that are due settle.
+    fn settle(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let done = self.everyone_done();
+        let deadline = self.settle_deadline;
+        if self
+            .takeover
+            .as_ref()
+            .is_some_and(|t| t.over(now, done, deadline))
+        {
+            self.takeover = None;
+            out.push(Output::TakeOver(None));
+        }
+        let overdue = now.checked_sub(deadline);
+        out.push(Output::Settle { done, overdue });
     }
 
     fn record(&mut self, node: &str, version: u64, renewed_at: Option<Instant>, now: Instant) {
@@ -323,6 +356,7 @@ impl<W: Waiter> Core<W> {
             // Others send their parts again only on a view change: registering as a node
             // that lost its state makes one, even if the lease has not run out.
             self.lease.state_lost = true;
+            self.forgot_all = true;
             out.push(Output::Fence);
         } else {
             out.push(Output::Unfence);

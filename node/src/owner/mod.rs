@@ -31,13 +31,14 @@ mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::{ChannelEntry, Reply};
 
+use crate::cluster::Takeover;
 use crate::config::SharedAppConfig;
 use crate::outbox::SocketId;
 use crate::telemetry;
@@ -47,7 +48,6 @@ use channel::OwnedChannel;
 use left::Left;
 pub use presence::Roster;
 use requests::terminate;
-use view::Takeover;
 
 const SHARDS: usize = 64;
 
@@ -75,8 +75,8 @@ pub struct Owner {
     app_id: Arc<str>,
     config: SharedAppConfig,
     cache_entries_per_shard: usize,
-    takeover: Mutex<Option<Takeover>>,
-    forgot_all: AtomicBool,
+    /// The cluster core's takeover, while it lasts.
+    takeover: Mutex<Option<Arc<Takeover>>>,
     /// The view this node follows.
     view_version: AtomicU64,
 }
@@ -99,7 +99,6 @@ impl Owner {
             config,
             cache_entries_per_shard: cache_entries_max.div_ceil(SHARDS).max(1),
             takeover: Mutex::new(None),
-            forgot_all: AtomicBool::new(false),
             view_version: AtomicU64::new(0),
         }
     }
@@ -261,7 +260,7 @@ mod tests {
         }
         // c and d are gone: their users leave every channel this node still owns.
         let next = view(&[("a", 1), ("b", 1)]);
-        owner.follow_view(at(1), "a", &next, &next, &mut sink);
+        owner.follow_view("a", &next, &mut sink);
         for i in 0..50 {
             let channel = format!("presence-moved-{i}");
             // u7 and u9 are gone, u8 is new to everyone, u2 to node b.
@@ -269,7 +268,7 @@ mod tests {
             resync(owner, &mut sink, "a", &channel, &on_a, &told);
             resync(owner, &mut sink, "b", &channel, &[(3, "u2")], &told[..1]);
         }
-        owner.settle(at(2), 1, Duration::from_secs(2), &mut sink);
+        owner.settle(at(2), 1, None, &mut sink);
         owner.flush_subscription_counts(at(10), &mut sink);
         let list = Body::ListChannels(ListChannels::default());
         owner.handle(at(10), origin("b"), "", list, &mut sink);

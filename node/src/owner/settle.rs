@@ -8,7 +8,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use relaymesh_proto::channel::ChannelKind;
 use relaymesh_proto::mesh::envelope::Body;
@@ -40,9 +40,10 @@ pub(super) struct Settling {
 }
 
 impl Settling {
-    /// Whether every node is done with the channel's view, or it waited `deadline`.
-    fn due(&self, done_version: u64, now: Instant, deadline: Duration) -> bool {
-        self.view_version <= done_version || now.saturating_duration_since(self.since) >= deadline
+    /// Whether every node is done with the channel's view, or it started settling at or
+    /// before `overdue`.
+    fn due(&self, done_version: u64, overdue: Option<Instant>) -> bool {
+        self.view_version <= done_version || overdue.is_some_and(|at| self.since <= at)
     }
 }
 
@@ -79,7 +80,7 @@ impl Owner {
             // here before this node does: hold it the same way.
             let ahead = (origin.view_version > self.view_version.load(Ordering::Relaxed))
                 .then_some(origin.view_version);
-            if let Some(version) = self.taken_over(channel, now).or(ahead) {
+            if let Some(version) = self.taken_over(channel).or(ahead) {
                 self.count_owned(1.0);
                 let held = OwnedChannel::settling(version, now);
                 shard.channels.insert(channel.into(), held);
@@ -240,15 +241,21 @@ impl Owner {
     }
 
     /// Ends the settling channels whose nodes are all done (every node finished view
-    /// `done_version`) or that waited `deadline`: members the nodes' subscribers knew and
+    /// `done_version`) or that started settling at or before `overdue` (the cluster core
+    /// says when the settle deadline passed): members the nodes' subscribers knew and
     /// that have no socket left are removed (once), members nobody was told about are
     /// added, an empty channel is vacated; then the messages that waited are handled in
     /// order. Channels settle in name order, whatever shard they are in.
-    pub fn settle(&self, now: Instant, done_version: u64, deadline: Duration, sink: &mut dyn Sink) {
-        self.end_takeover(now, done_version, deadline);
+    pub fn settle(
+        &self,
+        now: Instant,
+        done_version: u64,
+        overdue: Option<Instant>,
+        sink: &mut dyn Sink,
+    ) {
         let due = |c: &OwnedChannel| {
             let settling = c.settling.as_ref();
-            settling.is_some_and(|s| s.due(done_version, now, deadline))
+            settling.is_some_and(|s| s.due(done_version, overdue))
         };
         let names = self.sorted_names(|shard, names| {
             let settled = shard.channels.iter().filter(|(_, c)| due(c));
@@ -340,6 +347,8 @@ impl Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use crate::frames;
     use crate::owner::testkit::{epoch, join, member, origin, owner, resync, socket, Recorded};
     use relaymesh_proto::mesh::{Publish, Query, Subscribe};
@@ -427,13 +436,12 @@ mod tests {
             "a settling channel holds messages back"
         );
 
-        let deadline = Duration::from_secs(60);
-        owner.settle(epoch(), 0, deadline, &mut sink);
+        owner.settle(epoch(), 0, None, &mut sink);
         assert!(
             sink.sent.is_empty(),
             "not every node is done with view 1 yet"
         );
-        owner.settle(epoch(), 1, deadline, &mut sink);
+        owner.settle(epoch(), 1, None, &mut sink);
         let delivered = sink.delivered();
         assert_eq!(delivered.len(), 4, "{delivered:?}");
         assert!(delivered[..2]
@@ -444,14 +452,14 @@ mod tests {
     }
 
     #[test]
-    fn a_channel_settles_at_its_deadline_even_if_a_node_is_not_done() {
+    fn a_channel_settles_when_overdue_even_if_a_node_is_not_done() {
         let owner = owner(100);
         let mut sink = Recorded::default();
         resync(&owner, &mut sink, "a", "presence-late", &[(1, "u1")], &[]);
-        let deadline = Duration::from_secs(2);
-        owner.settle(epoch() + deadline / 2, 0, deadline, &mut sink);
+        let before = epoch().checked_sub(Duration::from_millis(1));
+        owner.settle(epoch(), 0, before, &mut sink);
         assert!(sink.webhooks.is_empty(), "still settling");
-        owner.settle(epoch() + deadline, 0, deadline, &mut sink);
+        owner.settle(epoch(), 0, Some(epoch()), &mut sink);
         // Nobody was told about u1: it is added, once for the cluster and to node a.
         assert_eq!(sink.webhook_names(), ["member_added"]);
         assert_eq!(sink.delivered().len(), 1);

@@ -1,55 +1,29 @@
 //! Following the cluster's views: channels that moved to another node are dropped, the
 //! sockets of nodes that left or restarted are removed, and the channels that moved here
-//! are held (see [`Takeover`]) until their nodes resynced them.
+//! are held (the core's [`Takeover`]) until their nodes resynced them.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
-use std::time::{Duration, Instant};
 
 use super::{Owner, Shard, Sink};
-use crate::cluster::ClusterView;
+use crate::cluster::{ClusterView, Takeover};
 use crate::outbox::SocketId;
 use crate::webhooks::WebhookEvent;
 
-/// How long after a takeover a message for an unknown channel is held back.
-const TAKEOVER_HOLD: Duration = Duration::from_secs(2);
-
-/// Channels this node took over with a view: until every member is done with that view,
-/// a channel it has no state for yet may have subscribers whose nodes have not resynced,
-/// so its first message starts a settling channel instead of being decided on nothing.
-pub(super) struct Takeover {
-    me: Arc<str>,
-    version: u64,
-    previous: ClusterView,
-    current: ClusterView,
-    since: Instant,
-}
-
 impl Owner {
-    fn takeover(&self) -> MutexGuard<'_, Option<Takeover>> {
+    fn takeover(&self) -> MutexGuard<'_, Option<Arc<Takeover>>> {
         self.takeover.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The view version to settle `channel` at, when it just moved to this node.
-    pub(super) fn taken_over(&self, channel: &str, now: Instant) -> Option<u64> {
+    pub(super) fn taken_over(&self, channel: &str) -> Option<u64> {
         let takeover = self.takeover();
-        let t = takeover.as_ref()?;
-        let me = Some(&*t.me);
-        let moved_here = t.previous.owner_of(&self.app_id, channel) != me
-            && t.current.owner_of(&self.app_id, channel) == me;
-        let holding = now.saturating_duration_since(t.since) < TAKEOVER_HOLD;
-        (moved_here && holding).then_some(t.version)
+        takeover.as_ref()?.moved_here(&self.app_id, channel)
     }
 
-    /// Forgets the takeover once every node is done with its view or it is `deadline` old.
-    pub(super) fn end_takeover(&self, now: Instant, done_version: u64, deadline: Duration) {
-        let mut takeover = self.takeover();
-        let over = |t: &Takeover| {
-            t.version <= done_version || now.saturating_duration_since(t.since) >= deadline
-        };
-        if takeover.as_ref().is_some_and(over) {
-            *takeover = None;
-        }
+    /// The cluster core's takeover: the channels that just moved here, while it lasts.
+    pub fn take_over(&self, takeover: Option<Arc<Takeover>>) {
+        *self.takeover() = takeover;
     }
 
     /// Follows a new view: channels another node owns now are dropped without a word
@@ -57,27 +31,8 @@ impl Owner {
     /// the view or restarted (a new incarnation) are removed like unsubscribes. Channels
     /// go in name order, and within one the sockets in id order, so that the removals go
     /// out in the same order on every run.
-    pub fn follow_view(
-        &self,
-        now: Instant,
-        me: &str,
-        previous: &ClusterView,
-        view: &ClusterView,
-        sink: &mut dyn Sink,
-    ) {
-        let forgot = self.forgot_all.swap(false, Ordering::Relaxed);
+    pub fn follow_view(&self, me: &str, view: &ClusterView, sink: &mut dyn Sink) {
         self.view_version.store(view.version, Ordering::Relaxed);
-        *self.takeover() = Some(Takeover {
-            me: me.into(),
-            version: view.version,
-            previous: if forgot {
-                ClusterView::default()
-            } else {
-                previous.clone()
-            },
-            current: view.clone(),
-            since: now,
-        });
         let alive = |node: &str, incarnation: u64| {
             node == me
                 || view
@@ -136,8 +91,6 @@ impl Owner {
 
     /// Drops every channel at once (the node lost its lease and may no longer own any).
     pub fn forget_all(&self) {
-        // The next view's channels are all new to this node, whatever it owned before.
-        self.forgot_all.store(true, Ordering::Relaxed);
         for mut shard in self.shards() {
             let owned = shard.channels.len();
             *shard = Shard::default();
@@ -173,7 +126,7 @@ mod tests {
         // c is gone, b restarted (another incarnation), a is this node.
         let mut sink = Recorded::default();
         let next = view(&[("a", 1), ("b", 2)]);
-        owner.follow_view(epoch(), "a", &next, &next, &mut sink);
+        owner.follow_view("a", &next, &mut sink);
         // One member_removed per user, only to the node still there, one webhook each.
         let removed: Vec<(String, String)> = sink
             .delivered()

@@ -4,6 +4,8 @@ use super::*;
 use relaymesh_proto::control::{Member, NodeInfo, ViewUpdate};
 use relaymesh_proto::mesh::Reply;
 
+use crate::cluster::takeover::TAKEOVER_HOLD;
+
 impl Waiter for () {
     fn answer(self, _: Reply) {}
     fn is_gone(&self) -> bool {
@@ -13,6 +15,7 @@ impl Waiter for () {
 
 const TTL: Duration = Duration::from_millis(1000);
 const HEARTBEAT: Duration = Duration::from_millis(200);
+const SETTLE_DEADLINE: Duration = Duration::from_secs(3);
 
 fn view(version: u64, nodes: &[&str]) -> Arc<ClusterView> {
     let regions: Vec<(&str, &str)> = nodes.iter().map(|id| (*id, "eu")).collect();
@@ -45,7 +48,7 @@ fn view_in_regions(version: u64, nodes: &[(&str, &str)]) -> Arc<ClusterView> {
 
 /// Node a of a, b, c: registered, linked to both, done with view 1.
 fn joined(t0: Instant) -> Core<()> {
-    let mut core = Core::new("a".into(), false);
+    let mut core = Core::new("a".into(), false, SETTLE_DEADLINE);
     let registered = Input::Registered {
         ttl: TTL,
         heartbeat: HEARTBEAT,
@@ -169,7 +172,7 @@ fn settling_waits_for_every_node_of_the_view() {
     assert_eq!(core.everyone_done(), 0);
     let out = core.handle(t0, synced("c", Duration::ZERO));
     assert!(
-        has(&out, |o| matches!(o, Output::Settle { done: 1 })),
+        has(&out, |o| matches!(o, Output::Settle { done: 1, .. })),
         "{out:?}"
     );
     // A node that leaves the view is no longer waited for; a new one is.
@@ -177,10 +180,102 @@ fn settling_waits_for_every_node_of_the_view() {
     assert_eq!(core.everyone_done(), 0, "d said nothing yet");
 }
 
+fn takeover(outputs: &[Output]) -> Option<Option<&Takeover>> {
+    outputs.iter().find_map(|o| match o {
+        Output::TakeOver(t) => Some(t.as_deref()),
+        _ => None,
+    })
+}
+
+/// A channel that c owns in view 1 and a owns once c is gone.
+fn moves_from_c_to_a(view1: &ClusterView, view2: &ClusterView) -> String {
+    (0..)
+        .map(|i| format!("ch-{i}"))
+        .find(|ch| view1.owner_of("app", ch) == Some("c") && view2.owner_of("app", ch) == Some("a"))
+        .unwrap()
+}
+
+#[test]
+fn a_takeover_lasts_until_every_node_is_done_or_the_hold_passes() {
+    let t0 = Instant::now();
+    let mut core = joined(t0);
+    let (view1, view2) = (view(1, &["a", "b", "c"]), view(2, &["a", "b"]));
+    let moved = moves_from_c_to_a(&view1, &view2);
+    let out = core.handle(t0, Input::View(view2.clone()));
+    let started = takeover(&out).flatten().expect("a view starts a takeover");
+    assert_eq!(started.moved_here("app", &moved), Some(2));
+    let stays = (0..)
+        .map(|i| format!("ch-{i}"))
+        .find(|ch| view1.owner_of("app", ch) == Some("a"))
+        .unwrap();
+    assert_eq!(started.moved_here("app", &stays), None, "a owned it before");
+    // Every node done with view 2: over, and rebuilt channels of view 2 settle.
+    core.handle(
+        t0,
+        Input::Resynced {
+            version: 2,
+            complete: true,
+        },
+    );
+    let out = core.handle(
+        t0,
+        Input::Synced {
+            from: "b".into(),
+            version: 2,
+            renewed_ago: None,
+        },
+    );
+    assert!(matches!(takeover(&out), Some(None)), "{out:?}");
+    assert!(has(&out, |o| matches!(o, Output::Settle { done: 2, .. })));
+
+    // Without news from b: over after the hold (shorter than the settle deadline here).
+    core.handle(t0, Input::View(view(3, &["a", "b", "c"])));
+    let out = core.handle(t0 + TAKEOVER_HOLD / 2, Input::Tick);
+    assert!(takeover(&out).is_none(), "still holding");
+    let out = core.handle(t0 + TAKEOVER_HOLD, Input::Tick);
+    assert!(matches!(takeover(&out), Some(None)), "{out:?}");
+}
+
+#[test]
+fn after_dropping_every_channel_the_next_view_moves_them_all_here() {
+    let t0 = Instant::now();
+    let mut core = joined(t0);
+    // Cut off from b and c past half the TTL: fenced, every channel dropped.
+    core.handle(t0, Input::LinkDown("b".into()));
+    core.handle(t0, Input::LinkDown("c".into()));
+    let out = core.handle(t0 + TTL, Input::Tick);
+    assert!(has(&out, |o| matches!(o, Output::Fence)), "{out:?}");
+    let out = core.handle(t0 + TTL, Input::View(view(2, &["a", "b", "c"])));
+    let started = takeover(&out).flatten().expect("a view starts a takeover");
+    let before = view(1, &["a", "b", "c"]);
+    let mine = (0..)
+        .map(|i| format!("ch-{i}"))
+        .find(|ch| before.owner_of("app", ch) == Some("a"))
+        .unwrap();
+    assert_eq!(
+        started.moved_here("app", &mine),
+        Some(2),
+        "owned before the fence"
+    );
+}
+
+#[test]
+fn a_channel_is_overdue_once_the_settle_deadline_passed() {
+    let t0 = Instant::now();
+    let mut core = joined(t0);
+    let later = t0 + SETTLE_DEADLINE;
+    let out = core.handle(later, Input::Tick);
+    let overdue = out.iter().find_map(|o| match o {
+        Output::Settle { overdue, .. } => Some(*overdue),
+        _ => None,
+    });
+    assert_eq!(overdue, Some(Some(t0)));
+}
+
 #[test]
 fn a_partition_between_regions_leaves_each_region_ready() {
     let t0 = Instant::now();
-    let mut core: Core<()> = Core::new("a".into(), false);
+    let mut core: Core<()> = Core::new("a".into(), false, SETTLE_DEADLINE);
     assert_eq!(core.readiness("eu", true), Readiness::NotActive);
     let regions = [("a", "eu"), ("b", "eu"), ("c", "us"), ("d", "us")];
     core.handle(t0, Input::View(view_in_regions(1, &regions)));
