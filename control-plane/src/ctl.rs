@@ -180,10 +180,10 @@ pub async fn run(client: &mut Client, command: Command, json_out: bool) -> Resul
                 .nodes
                 .into_iter()
                 .filter_map(|n| {
-                    let member = n.member?;
+                    let entry = n.node?;
                     Some((
-                        member.node?,
-                        member.state,
+                        entry.node?,
+                        entry.state,
                         n.lease_age_ms,
                         n.load.unwrap_or_default(),
                     ))

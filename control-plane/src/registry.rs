@@ -1,4 +1,4 @@
-//! The cluster's state as plain data: members with their leases, apps, and the view
+//! The cluster's state as plain data: nodes with their leases, apps, and the view
 //! version. Sans-IO: every method takes the time and returns the [`ViewUpdate`] it caused,
 //! which the service persists and broadcasts. Every change moves the version by one, and
 //! only to a version reserved on disk ([`Registry::reserve`]).
@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use relaymesh_proto::control::{
-    App, Member, NodeInfo, NodeLoad, NodeState, ViewUpdate, OUTAGE_GRACE,
+    App, ClusterNode, NodeInfo, NodeLoad, NodeState, ViewUpdate, OUTAGE_GRACE,
 };
 use relaymesh_proto::ring::Ring;
 use thiserror::Error;
@@ -29,7 +29,7 @@ pub enum RegistryError {
 
 /// A registered node and its lease.
 #[derive(Debug, Clone)]
-pub struct MemberRecord {
+pub struct LeasedNode {
     pub info: NodeInfo,
     pub state: NodeState,
     pub lease_id: String,
@@ -38,9 +38,9 @@ pub struct MemberRecord {
     pub load: NodeLoad,
 }
 
-impl MemberRecord {
-    fn member(&self) -> Member {
-        Member {
+impl LeasedNode {
+    fn cluster_node(&self) -> ClusterNode {
+        ClusterNode {
             node: Some(self.info.clone()),
             state: self.state as i32,
         }
@@ -55,17 +55,17 @@ pub struct Registry {
     /// restarted from the disk continues from the reservation and must not reuse one.
     reserved: u64,
     lease_ttl: Duration,
-    members: BTreeMap<String, MemberRecord>,
+    nodes: BTreeMap<String, LeasedNode>,
     /// When a lease was last renewed or granted; nodes go quiet all at once when this
     /// control plane is the one cut off (or just restarted), and then nobody is expired.
     last_renewal: Instant,
-    /// No member renewed for half the TTL: the next renewal gives every member
+    /// No node renewed for half the TTL: the next renewal gives every node
     /// [`OUTAGE_GRACE`] to reach this control plane again.
     stalled: bool,
     /// Lease id → node id.
     leases: HashMap<String, String>,
     apps: BTreeMap<String, App>,
-    /// The ring of active members: built on first use after the active set changed, so a
+    /// The ring of active nodes: built on first use after the active set changed, so a
     /// registration storm does not rebuild it per event; shared by copies.
     ring: Arc<OnceLock<Ring>>,
 }
@@ -78,7 +78,7 @@ impl Registry {
             version,
             reserved: version,
             lease_ttl,
-            members: BTreeMap::new(),
+            nodes: BTreeMap::new(),
             last_renewal: Instant::now(),
             stalled: false,
             leases: HashMap::new(),
@@ -118,7 +118,7 @@ impl Registry {
         }
     }
 
-    /// Forgets the ring; called whenever the set of active members may have changed.
+    /// Forgets the ring; called whenever the set of active nodes may have changed.
     fn active_set_changed(&mut self) {
         self.ring = Arc::default();
     }
@@ -126,7 +126,7 @@ impl Registry {
     fn ring(&self) -> &Ring {
         self.ring.get_or_init(|| {
             let active = self
-                .members
+                .nodes
                 .values()
                 .filter(|m| m.state == NodeState::Active)
                 .map(|m| m.info.node_id.as_str());
@@ -139,7 +139,7 @@ impl Registry {
         ViewUpdate {
             version: self.version,
             full: true,
-            members: self.members.values().map(MemberRecord::member).collect(),
+            nodes: self.nodes.values().map(LeasedNode::cluster_node).collect(),
             apps: self.apps.values().cloned().collect(),
             ..ViewUpdate::default()
         }
@@ -159,7 +159,7 @@ impl Registry {
         self.check_reserved()?;
         self.renewal(now);
         let mut state = NodeState::Joining;
-        if let Some(old) = self.members.get(&info.node_id) {
+        if let Some(old) = self.nodes.get(&info.node_id) {
             self.leases.remove(&old.lease_id);
             let same_process =
                 old.info.incarnation == info.incarnation && old.info.mesh_addr == info.mesh_addr;
@@ -170,7 +170,7 @@ impl Registry {
             }
         }
         self.leases.insert(lease_id.clone(), info.node_id.clone());
-        let record = MemberRecord {
+        let record = LeasedNode {
             info: info.clone(),
             state,
             lease_id,
@@ -179,8 +179,8 @@ impl Registry {
             load: NodeLoad::default(),
         };
         let mut update = self.next();
-        update.members.push(record.member());
-        self.members.insert(info.node_id, record);
+        update.nodes.push(record.cluster_node());
+        self.nodes.insert(info.node_id, record);
         Ok(update)
     }
 
@@ -197,14 +197,14 @@ impl Registry {
             .get(lease_id)
             .ok_or(RegistryError::UnknownLease)?
             .clone();
-        if !self.members.contains_key(&node_id) {
+        if !self.nodes.contains_key(&node_id) {
             return Err(RegistryError::UnknownLease);
         }
         self.renewal(now);
         let ttl = self.lease_ttl;
         let can_change = self.check_reserved().is_ok();
         let record = self
-            .members
+            .nodes
             .get_mut(&node_id)
             .ok_or(RegistryError::UnknownLease)?;
         record.lease_expires = now + ttl;
@@ -213,9 +213,9 @@ impl Registry {
             return Ok((record.state, None));
         }
         record.state = NodeState::Active;
-        let member = record.member();
+        let entry = record.cluster_node();
         let mut update = self.next();
-        update.members.push(member);
+        update.nodes.push(entry);
         self.active_set_changed();
         Ok((NodeState::Active, Some(update)))
     }
@@ -230,7 +230,7 @@ impl Registry {
             .leases
             .remove(lease_id)
             .ok_or(RegistryError::UnknownLease)?;
-        self.members.remove(&node_id);
+        self.nodes.remove(&node_id);
         let mut update = self.next();
         update.removed_nodes.push(node_id);
         self.active_set_changed();
@@ -247,16 +247,16 @@ impl Registry {
         self.drain(&node_id)
     }
 
-    /// Members known before a restart, restored from the state file: they keep their
+    /// Nodes known before a restart, restored from the state file: they keep their
     /// state without a lease, and have [`OUTAGE_GRACE`] beyond the TTL to register again,
     /// so the ring does not change while they come back one by one.
     pub fn restore(
         &mut self,
         now: Instant,
-        members: impl IntoIterator<Item = (NodeInfo, NodeState)>,
+        in_view: impl IntoIterator<Item = (NodeInfo, NodeState)>,
     ) {
-        for (info, state) in members {
-            let record = MemberRecord {
+        for (info, state) in in_view {
+            let record = LeasedNode {
                 info: info.clone(),
                 state,
                 lease_id: String::new(),
@@ -264,31 +264,31 @@ impl Registry {
                 registered: now,
                 load: NodeLoad::default(),
             };
-            self.members.insert(info.node_id, record);
+            self.nodes.insert(info.node_id, record);
         }
         self.last_renewal = now;
         self.active_set_changed();
     }
 
-    /// A lease was granted or renewed. The first after a stall gives every member the
+    /// A lease was granted or renewed. The first after a stall gives every node the
     /// grace to come back: they were cut off from this control plane, not from each other.
     fn renewal(&mut self, now: Instant) {
         if self.stalled {
             self.stalled = false;
             let until = now + self.lease_ttl + OUTAGE_GRACE;
-            for record in self.members.values_mut() {
+            for record in self.nodes.values_mut() {
                 record.lease_expires = record.lease_expires.max(until);
             }
         }
         self.last_renewal = now;
     }
 
-    /// Removes every node whose lease ran out; one update for all of them. When no member
+    /// Removes every node whose lease ran out; one update for all of them. When no node
     /// renewed for half the TTL, this control plane is the one cut off (or
     /// every node died at once, and then there is no one to hand channels to): nobody is
     /// expired until renewals resume. Nor while no reserved version is left.
     pub fn expire(&mut self, now: Instant) -> Option<(Vec<String>, ViewUpdate)> {
-        if !self.members.is_empty()
+        if !self.nodes.is_empty()
             && now.saturating_duration_since(self.last_renewal) >= self.lease_ttl / 2
         {
             self.stalled = true;
@@ -297,7 +297,7 @@ impl Registry {
             return None;
         }
         let expired: Vec<String> = self
-            .members
+            .nodes
             .values()
             .filter(|m| m.lease_expires <= now)
             .map(|m| m.info.node_id.clone())
@@ -306,7 +306,7 @@ impl Registry {
             return None;
         }
         for node_id in &expired {
-            if let Some(record) = self.members.remove(node_id) {
+            if let Some(record) = self.nodes.remove(node_id) {
                 self.leases.remove(&record.lease_id);
             }
         }
@@ -320,7 +320,7 @@ impl Registry {
     pub fn drain(&mut self, node_id: &str) -> Result<Option<ViewUpdate>, RegistryError> {
         let reserved = self.check_reserved();
         let record = self
-            .members
+            .nodes
             .get_mut(node_id)
             .ok_or_else(|| RegistryError::UnknownNode(node_id.to_owned()))?;
         if record.state == NodeState::Draining {
@@ -328,21 +328,21 @@ impl Registry {
         }
         reserved?;
         record.state = NodeState::Draining;
-        let member = record.member();
+        let entry = record.cluster_node();
         let mut update = self.next();
-        update.members.push(member);
+        update.nodes.push(entry);
         self.active_set_changed();
         Ok(Some(update))
     }
 
-    pub fn members(&self) -> impl Iterator<Item = &MemberRecord> {
-        self.members.values()
+    pub fn nodes(&self) -> impl Iterator<Item = &LeasedNode> {
+        self.nodes.values()
     }
 
     /// The owner of a channel under the current view.
     pub fn owner(&self, app_id: &str, channel: &str) -> Option<&NodeInfo> {
         let node_id = self.ring().owner(app_id, channel)?;
-        self.members.get(node_id).map(|m| &m.info)
+        self.nodes.get(node_id).map(|m| &m.info)
     }
 
     pub fn apps(&self) -> impl Iterator<Item = &App> {
@@ -440,7 +440,7 @@ mod tests {
         r.register(t0, info("a"), "new".into(), false).unwrap();
         assert!(r.keep_alive(t0, "old", NodeLoad::default()).is_err());
         assert!(r.keep_alive(t0, "new", NodeLoad::default()).is_ok());
-        assert_eq!(r.full_view().members.len(), 1);
+        assert_eq!(r.full_view().nodes.len(), 1);
         assert!(r.leave("new").unwrap().removed_nodes == vec!["a".to_owned()]);
     }
 
@@ -453,11 +453,11 @@ mod tests {
         r.register(t0, a.clone(), "l1".into(), false).unwrap();
         r.keep_alive(t0, "l1", NodeLoad::default()).unwrap();
         let u = r.register(t0, a.clone(), "l2".into(), false).unwrap();
-        assert_eq!(u.members[0].state, NodeState::Active as i32);
+        assert_eq!(u.nodes[0].state, NodeState::Active as i32);
         assert_eq!(r.owner("app", "c").unwrap().node_id, "a");
         let u = r.register(t0, a.clone(), "l3".into(), true).unwrap();
         assert_eq!(
-            u.members[0].state,
+            u.nodes[0].state,
             NodeState::Joining as i32,
             "a node that lost its owner state joins again"
         );
@@ -465,7 +465,7 @@ mod tests {
         a.incarnation = 2;
         let u = r.register(t0, a, "l4".into(), false).unwrap();
         assert_eq!(
-            u.members[0].state,
+            u.nodes[0].state,
             NodeState::Joining as i32,
             "a new process joins"
         );
@@ -473,7 +473,7 @@ mod tests {
     }
 
     #[test]
-    fn restored_members_keep_the_ring_and_get_the_grace() {
+    fn restored_nodes_keep_the_ring_and_get_the_grace() {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(1);
         let mut r = registry(0, ttl);
@@ -486,10 +486,10 @@ mod tests {
         );
         assert!(
             r.owner("app", "c").is_some(),
-            "restored active members own channels"
+            "restored active nodes own channels"
         );
         let u = r.register(t0, info("a"), "la".into(), false).unwrap();
-        assert_eq!(u.members[0].state, NodeState::Active as i32);
+        assert_eq!(u.nodes[0].state, NodeState::Active as i32);
         // a renews; b never comes back and expires after the TTL and the grace.
         let mut t = t0;
         while t < t0 + ttl + OUTAGE_GRACE {
@@ -590,7 +590,7 @@ mod tests {
         );
         let empty = r.full_view();
         assert_eq!(
-            (empty.version, empty.members.len(), empty.apps.len()),
+            (empty.version, empty.nodes.len(), empty.apps.len()),
             (10, 0, 0)
         );
 
@@ -616,7 +616,7 @@ mod tests {
         );
         let view = r.full_view();
         assert_eq!(
-            (view.version, view.members.len(), view.apps.len()),
+            (view.version, view.nodes.len(), view.apps.len()),
             (13, 2, 1)
         );
         assert!(r.keep_alive(later, "la", NodeLoad::default()).is_ok());

@@ -19,7 +19,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::registry::{Registry, RegistryError};
-use crate::store::{NodeRecord, Snapshot, Store, StoreError, StoredApp, StoredMember};
+use crate::store::{NodeRecord, Snapshot, Store, StoreError, StoredApp, StoredViewNode};
 use crate::telemetry;
 use crate::Config;
 
@@ -41,7 +41,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[derive(Clone)]
 struct State {
     registry: Registry,
-    /// As last saved; its apps and members are taken from the registry on every save.
+    /// As last saved; its apps and nodes are taken from the registry on every save.
     snapshot: Snapshot,
     /// Membership changed since the last save; flushed by [`ControlPlane::expire`]'s tick.
     nodes_dirty: bool,
@@ -123,12 +123,12 @@ impl ControlPlane {
     ) -> ControlPlane {
         let apps = snapshot.apps.iter().cloned().map(App::from).collect();
         let mut registry = Registry::new(snapshot.version_ceiling, config.lease_ttl, apps);
-        let members: Vec<_> = snapshot
-            .members
+        let in_view: Vec<_> = snapshot
+            .in_view
             .iter()
-            .filter_map(|m| m.restore(&snapshot.nodes))
+            .filter_map(|n| n.restore(&snapshot.nodes))
             .collect();
-        registry.restore(Instant::now(), members);
+        registry.restore(Instant::now(), in_view);
         let (updates, _) = broadcast::channel(WATCH_BACKLOG);
         ControlPlane {
             state: Mutex::new(State {
@@ -161,10 +161,10 @@ impl ControlPlane {
     /// save the state is as it was, and a version `next` took is the next change's.
     fn save(&self, state: &mut State, mut next: State) -> Result<(), StoreError> {
         next.snapshot.apps = next.registry.apps().map(StoredApp::from).collect();
-        next.snapshot.members = next
+        next.snapshot.in_view = next
             .registry
-            .members()
-            .map(|m| StoredMember::new(&m.info.node_id, m.state))
+            .nodes()
+            .map(|m| StoredViewNode::new(&m.info.node_id, m.state))
             .collect();
         if let Err(e) = self.store.save(&next.snapshot) {
             metrics::counter!(telemetry::SAVE_FAILURES).increment(1);

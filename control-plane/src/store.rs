@@ -108,29 +108,29 @@ impl NodeRecord {
     }
 }
 
-/// A member of the view as of the last save: restored on start (with the node's record)
+/// A node of the view as of the last save: restored on start (with the node's record)
 /// so that a restarted control plane serves the same ring while its nodes register again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredMember {
+pub struct StoredViewNode {
     pub node_id: String,
     /// "joining", "active" or "draining".
     pub state: String,
 }
 
-impl StoredMember {
-    pub fn new(node_id: &str, state: NodeState) -> StoredMember {
+impl StoredViewNode {
+    pub fn new(node_id: &str, state: NodeState) -> StoredViewNode {
         let state = match state {
             NodeState::Active => "active",
             NodeState::Draining => "draining",
             NodeState::Joining | NodeState::Unspecified => "joining",
         };
-        StoredMember {
+        StoredViewNode {
             node_id: node_id.to_owned(),
             state: state.into(),
         }
     }
 
-    /// The member as the registry holds it, from its node's record; `None` without a
+    /// The node as the registry holds it, from its node's record; `None` without a
     /// record or for a state this version does not know.
     pub fn restore(&self, records: &[NodeRecord]) -> Option<(NodeInfo, NodeState)> {
         let state = match self.state.as_str() {
@@ -158,9 +158,10 @@ pub struct Snapshot {
     pub version_ceiling: u64,
     pub apps: Vec<StoredApp>,
     pub nodes: Vec<NodeRecord>,
-    /// Absent in files written before members were kept.
-    #[serde(default)]
-    pub members: Vec<StoredMember>,
+    /// The view's nodes and their states. Absent in files written before they were kept;
+    /// `members` in files written before a cluster node stopped being called a member.
+    #[serde(default, alias = "members")]
+    pub in_view: Vec<StoredViewNode>,
 }
 
 pub struct Store {
@@ -239,10 +240,10 @@ mod tests {
                 },
                 1,
             )],
-            members: vec![StoredMember::new("a", NodeState::Draining)],
+            in_view: vec![StoredViewNode::new("a", NodeState::Draining)],
         };
         store.save(&snapshot).unwrap();
-        let (info, state) = snapshot.members[0].restore(&snapshot.nodes).unwrap();
+        let (info, state) = snapshot.in_view[0].restore(&snapshot.nodes).unwrap();
         assert_eq!((info.incarnation, state), (7, NodeState::Draining));
         assert_eq!(Store::open(&dir).unwrap().1, snapshot);
         // A save that fails (its temporary file cannot be created, even by root) leaves the
@@ -257,5 +258,16 @@ mod tests {
         fs::write(dir.join(FILE), b"{not json").unwrap();
         assert!(matches!(Store::open(&dir), Err(StoreError::Corrupt { .. })));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_calls_the_view_nodes_members_still_loads() {
+        let old = r#"{"version_ceiling": 5, "apps": [], "nodes": [],
+            "members": [{"node_id": "a", "state": "active"}]}"#;
+        let snapshot: Snapshot = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            snapshot.in_view,
+            [StoredViewNode::new("a", NodeState::Active)]
+        );
     }
 }

@@ -44,7 +44,7 @@ pub fn view(registry: &Registry) {
     metrics::gauge!(VIEW_VERSION).set(registry.version() as f64);
     metrics::gauge!(APPS).set(registry.apps().count() as f64);
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for m in registry.members() {
+    for m in registry.nodes() {
         *counts
             .entry((state_name(m.state).to_owned(), m.info.region.clone()))
             .or_default() += 1;

@@ -13,7 +13,7 @@ use crate::hub::Hub;
 use crate::outbox::{Conn, SocketId};
 use crate::owner::Owner;
 use crate::telemetry::NodeStats;
-use crate::webhooks::Webhooks;
+use crate::webhooks::{Outlet, Webhooks};
 
 pub struct App {
     config: SharedAppConfig,
@@ -52,12 +52,7 @@ impl App {
     pub fn new(config: AppConfig, node: &NodeAppSettings) -> App {
         let id: Arc<str> = config.id.as_str().into();
         let config = SharedAppConfig::new(config);
-        let webhooks = Webhooks::spawn(
-            id.clone(),
-            config.clone(),
-            &node.webhooks,
-            node.http.clone(),
-        );
+        let webhooks = Webhooks::spawn(id.clone(), config.clone(), &node.webhooks, &node.outlet);
         App {
             hub: Hub::new(id.clone()),
             owner: Owner::new(id.clone(), config.clone(), node.cache_entries_max),
@@ -221,10 +216,11 @@ impl App {
     }
 }
 
-/// What every app of a node shares: webhook settings, the HTTP client, the cache bound.
+/// What every app of a node shares: webhook settings and outlet, the cache bound.
 pub struct NodeAppSettings {
     pub webhooks: WebhookConfig,
-    pub http: reqwest::Client,
+    /// Where the apps' webhook events go.
+    pub outlet: Outlet,
     pub cache_entries_max: usize,
     pub stats: Arc<NodeStats>,
 }
@@ -245,12 +241,12 @@ pub struct Apps {
 }
 
 impl Apps {
-    pub fn new(config: &Config, http: &reqwest::Client, stats: Arc<NodeStats>) -> Apps {
+    pub fn new(config: &Config, outlet: Outlet, stats: Arc<NodeStats>) -> Apps {
         let apps = Apps {
             index: RwLock::new(Index::default()),
             settings: NodeAppSettings {
                 webhooks: config.webhooks.clone(),
-                http: http.clone(),
+                outlet,
                 cache_entries_max: config.cache_entries_max,
                 stats,
             },

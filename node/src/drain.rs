@@ -1,5 +1,5 @@
 //! Draining a node without losing what its clients are promised: it takes no new
-//! connections, leaves the ring (marked draining at the control plane, it stays a member
+//! connections, leaves the ring (marked draining at the control plane, it stays in the view
 //! while its clients are still here), waits until its channels moved to their new owners,
 //! then asks its clients to reconnect elsewhere (4200) and waits for them to go.
 

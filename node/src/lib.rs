@@ -25,7 +25,7 @@ pub mod webhooks;
 
 // The node's state lives in `shared.rs` (below the modules that use it); re-exported here
 // for the other crates and the tests, which name it `relaymesh_node::Shared`.
-pub use shared::{Clock, Identity, Shared};
+pub use shared::{Drive, Identity, Shared};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -118,7 +118,7 @@ impl Drop for NodeHandle {
 /// Starts a node on `listener`. Must be called inside a tokio runtime.
 pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandle> {
     let local_addr = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(config, Identity::random(), Clock::System)?);
+    let shared = Arc::new(Shared::new(config, Identity::random(), Drive::Real)?);
     let (stop, stopped) = watch::channel(false);
     let mut mesh_addr = None;
     let mut mesh_task = None;

@@ -1,4 +1,4 @@
-//! The mesh link manager: keeps one link to every other member of the view. Of each pair,
+//! The mesh link manager: keeps one link to every other node of the view. Of each pair,
 //! the node with the smaller id dials (so a pair has one link), with jittered, capped
 //! backoff while the peer is unreachable; the other accepts. A link whose transport ends is
 //! dropped, and dialed again while the peer stays in the view.
@@ -120,7 +120,7 @@ fn count_in(peer: &str, frame: &Bytes) {
         .increment(frame.len() as u64);
 }
 
-/// Dials the members this node is responsible for and forgets links to nodes that left.
+/// Dials the nodes this node is responsible for and forgets links to nodes that left.
 fn reconcile(
     shared: &Arc<Shared>,
     endpoint: &Arc<Endpoint>,
@@ -128,8 +128,8 @@ fn reconcile(
     dialing: &mut HashMap<String, JoinHandle<()>>,
 ) {
     let view = shared.view.borrow().clone();
-    let members: HashMap<String, String> = view
-        .members
+    let in_view: HashMap<String, String> = view
+        .nodes
         .iter()
         .filter_map(|(id, m)| Some((id.clone(), m.node.as_ref()?.mesh_addr.clone())))
         .filter(|(id, addr)| *id != shared.node_id && !addr.is_empty())
@@ -138,15 +138,15 @@ fn reconcile(
         .peers
         .ids()
         .into_iter()
-        .filter(|id| !members.contains_key(id))
+        .filter(|id| !in_view.contains_key(id))
         .collect();
     for id in gone {
         shared.peers.remove(&id);
         set_up(&id, false);
         rebalance::input(shared, shared.now(), Input::LinkDown(id));
     }
-    dialing.retain(|id, task| members.contains_key(id) && !task.is_finished());
-    for id in members.into_keys() {
+    dialing.retain(|id, task| in_view.contains_key(id) && !task.is_finished());
+    for id in in_view.into_keys() {
         if shared.node_id >= id || dialing.contains_key(&id) || shared.peers.link(&id).is_some() {
             continue;
         }
@@ -163,7 +163,7 @@ fn reconcile(
 /// The peer's mesh address in the current view (it changes when the peer restarts).
 fn mesh_addr(shared: &Shared, peer: &str) -> Option<Result<SocketAddr, String>> {
     let view = shared.view.borrow();
-    let addr = view.members.get(peer)?.node.as_ref()?.mesh_addr.clone();
+    let addr = view.nodes.get(peer)?.node.as_ref()?.mesh_addr.clone();
     Some(addr.parse().map_err(|_| addr))
 }
 

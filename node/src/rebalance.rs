@@ -196,6 +196,7 @@ fn send_parts(
                     })
                     .collect(),
                 told_members: std::mem::take(&mut told),
+                occupied: part.occupied,
             };
             if let Err(e) = route::to_owner(shared, app, &part.channel, Body::Resync(resync)) {
                 tracing::debug!(channel = &*part.channel, error = %e, "resync waits for its owner");

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::mesh::peers::Peers;
 use crate::outbox::SocketId;
 use crate::telemetry::{self, NodeStats};
+use crate::webhooks::{Outlet, Recorded};
 
 /// State shared by every connection and request of one node.
 pub struct Shared {
@@ -51,9 +52,17 @@ pub struct Shared {
     draining: AtomicBool,
 }
 
-/// The time every decision of the node is made at: the system's, or one a deterministic
-/// test moves by hand.
-pub enum Clock {
+/// How a node meets time and the outside world.
+pub enum Drive {
+    /// The system clock; each app's tasks batch and send its webhooks.
+    Real,
+    /// A deterministic test moves the clock (from the given time) and reads the webhooks
+    /// as raised: nothing here runs on its own.
+    ByHand(Instant, Recorded),
+}
+
+/// The time every decision of the node is made at.
+enum Clock {
     System,
     Manual(Mutex<Instant>),
 }
@@ -78,11 +87,19 @@ impl Identity {
 impl Shared {
     /// The node's state before any task runs: `start` spawns the tasks around it, and a
     /// deterministic test drives it by hand.
-    pub fn new(config: Config, identity: Identity, clock: Clock) -> std::io::Result<Shared> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.webhooks.timeout_ms))
-            .build()
-            .map_err(std::io::Error::other)?;
+    pub fn new(config: Config, identity: Identity, drive: Drive) -> std::io::Result<Shared> {
+        let (clock, outlet) = match drive {
+            Drive::Real => {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_millis(config.webhooks.timeout_ms))
+                    .build()
+                    .map_err(std::io::Error::other)?;
+                (Clock::System, Outlet::Send(http))
+            }
+            Drive::ByHand(at, recorded) => {
+                (Clock::Manual(Mutex::new(at)), Outlet::Record(recorded))
+            }
+        };
         let stats = Arc::new(NodeStats::default());
         let node_id = config
             .control_plane
@@ -92,7 +109,7 @@ impl Shared {
         let standalone = config.control_plane.endpoint.is_none();
         let core = Core::new(node_id.clone(), standalone, config.mesh.settle_deadline());
         Ok(Shared {
-            apps: Apps::new(&config, &http, stats.clone()),
+            apps: Apps::new(&config, outlet, stats.clone()),
             config,
             metrics: telemetry::handle(),
             cluster: Mutex::new(core),

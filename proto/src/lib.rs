@@ -25,7 +25,7 @@ pub mod control {
     tonic::include_proto!("relaymesh.control.v1");
 
     /// After an outage of the control plane (it restarted, or every node lost it at once)
-    /// every member has this long beyond its TTL to register again before it is expired,
+    /// every node has this long beyond its TTL to register again before it is expired,
     /// and a node does not fence itself for being the last to come back within half of it.
     pub const OUTAGE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 }

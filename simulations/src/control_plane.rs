@@ -60,7 +60,7 @@ struct Watcher {
     /// Node id → when this watcher saw it removed.
     removed: Mutex<HashMap<String, Instant>>,
     /// Node id → state, as applied from the stream.
-    members: Mutex<HashMap<String, i32>>,
+    states: Mutex<HashMap<String, i32>>,
 }
 
 struct SimNode {
@@ -100,18 +100,18 @@ async fn start_node(endpoint: String, token: BearerToken, id: String) -> Result<
         while let Ok(Some(update)) = updates.message().await {
             let now = Instant::now();
             {
-                let mut members = seen.members.lock().unwrap_or_else(|e| e.into_inner());
+                let mut states = seen.states.lock().unwrap_or_else(|e| e.into_inner());
                 if update.full {
-                    members.clear();
+                    states.clear();
                 }
-                for m in update.members {
-                    if let Some(node) = m.node {
-                        members.insert(node.node_id, m.state);
+                for entry in update.nodes {
+                    if let Some(node) = entry.node {
+                        states.insert(node.node_id, entry.state);
                     }
                 }
                 let mut removed = seen.removed.lock().unwrap_or_else(|e| e.into_inner());
                 for id in update.removed_nodes {
-                    members.remove(&id);
+                    states.remove(&id);
                     removed.insert(id, now);
                 }
             }
@@ -194,7 +194,7 @@ pub async fn run(args: Args) -> Result<()> {
     let version = loop {
         let list = ops.list_nodes(ListNodesRequest {}).await?.into_inner();
         let active = list.nodes.iter().filter(|n| {
-            n.member
+            n.node
                 .as_ref()
                 .is_some_and(|m| m.state == NodeState::Active as i32)
         });
@@ -213,8 +213,8 @@ pub async fn run(args: Args) -> Result<()> {
     })
     .await?;
     let sample = nodes.first().map_or(0, |n| {
-        let members = n.watcher.members.lock().unwrap_or_else(|e| e.into_inner());
-        members
+        let states = n.watcher.states.lock().unwrap_or_else(|e| e.into_inner());
+        states
             .values()
             .filter(|s| **s == NodeState::Active as i32)
             .count()

@@ -158,12 +158,22 @@ struct Pass {
 impl Cluster {
     fn new(nodes: usize, seed: u64) -> Cluster {
         let mut rng = StdRng::seed_from_u64(seed);
-        let members: Vec<String> = (0..nodes).map(|i| format!("node-{i}")).collect();
-        let ring = Ring::new(members.iter().map(String::as_str));
-        let leaver = members[rng.random_range(0..nodes)].clone();
-        let without = Ring::new(members.iter().filter(|m| **m != leaver).map(String::as_str));
+        let nodes_in_view: Vec<String> = (0..nodes).map(|i| format!("node-{i}")).collect();
+        let ring = Ring::new(nodes_in_view.iter().map(String::as_str));
+        let leaver = nodes_in_view[rng.random_range(0..nodes)].clone();
+        let without = Ring::new(
+            nodes_in_view
+                .iter()
+                .filter(|m| **m != leaver)
+                .map(String::as_str),
+        );
         let joiner = format!("node-{nodes}");
-        let with = Ring::new(members.iter().map(String::as_str).chain([joiner.as_str()]));
+        let with = Ring::new(
+            nodes_in_view
+                .iter()
+                .map(String::as_str)
+                .chain([joiner.as_str()]),
+        );
         let shares = ring.shares();
         let share_of = |ring: &Ring, shares: &[f64], node: &str| {
             let at = ring.nodes().iter().position(|n| n == node);

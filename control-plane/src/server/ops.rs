@@ -16,9 +16,9 @@ impl Ops for Service {
         let now = Instant::now();
         let nodes = state
             .registry
-            .members()
+            .nodes()
             .map(|m| NodeStatus {
-                member: Some(Member {
+                node: Some(ClusterNode {
                     node: Some(m.info.clone()),
                     state: m.state as i32,
                 }),
@@ -186,7 +186,7 @@ impl Ops for Service {
             apps: state.registry.apps().count() as u64,
             ..ClusterTotalsResponse::default()
         };
-        for m in state.registry.members() {
+        for m in state.registry.nodes() {
             totals.nodes += 1;
             totals.connections += m.load.connections;
             totals.messages_in_per_sec += m.load.messages_in_per_sec;

@@ -103,7 +103,7 @@ async fn a_durable_change_that_cannot_be_saved_is_neither_kept_nor_broadcast() {
         );
     }
     assert_eq!(apps(&cp).await, vec![kept.clone()], "nothing changed");
-    assert_eq!(cp.lock().registry.members().count(), 0);
+    assert_eq!(cp.lock().registry.nodes().count(), 0);
     assert_eq!(cp.lock().registry.version(), version);
     assert_eq!(updates.try_recv().unwrap_err(), TryRecvError::Empty);
 
@@ -132,10 +132,10 @@ async fn membership_is_saved_by_a_tick_once_the_disk_takes_it() {
         .into_inner()
         .lease_id;
     let mut updates = cp.updates.subscribe();
-    let saved_members = || Store::open(&dir.0).unwrap().1.members;
+    let saved_in_view = || Store::open(&dir.0).unwrap().1.in_view;
     assert_eq!(
-        saved_members(),
-        [StoredMember::new("a", NodeState::Joining)]
+        saved_in_view(),
+        [StoredViewNode::new("a", NodeState::Joining)]
     );
 
     dir.break_disk();
@@ -148,8 +148,8 @@ async fn membership_is_saved_by_a_tick_once_the_disk_takes_it() {
     cp.expire();
     assert!(cp.lock().nodes_dirty, "a failed save is tried again");
     assert_eq!(
-        saved_members(),
-        [StoredMember::new("a", NodeState::Joining)]
+        saved_in_view(),
+        [StoredViewNode::new("a", NodeState::Joining)]
     );
     // Leaving is not refused: its version was reserved when the registration was saved.
     cp.leave(Request::new(LeaveRequest { lease_id }))
@@ -159,7 +159,7 @@ async fn membership_is_saved_by_a_tick_once_the_disk_takes_it() {
     dir.repair_disk();
     cp.expire();
     assert!(!cp.lock().nodes_dirty);
-    assert_eq!(saved_members(), []);
+    assert_eq!(saved_in_view(), []);
 }
 
 #[test]

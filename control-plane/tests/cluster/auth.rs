@@ -103,8 +103,8 @@ async fn wrong_or_missing_tokens_are_refused() {
 
     // A node with a wrong join token never joins, while one with the right token does.
     let intruder = Node::start_with_token(&cp.endpoint(), "intruder", "eu", "wrong").await;
-    let member = Node::start(&cp.endpoint(), "member", "eu").await;
-    wait_active(&mut ops, "member").await;
+    let joined = Node::start(&cp.endpoint(), "joined", "eu").await;
+    wait_active(&mut ops, "joined").await;
     // The intruder retries with a backoff from 100 ms: watch across several attempts.
     let watch_until = Instant::now() + Duration::from_millis(1_500);
     while Instant::now() < watch_until {
@@ -113,7 +113,7 @@ async fn wrong_or_missing_tokens_are_refused() {
             listed
                 .nodes
                 .iter()
-                .filter_map(|n| n.member.as_ref()?.node.as_ref())
+                .filter_map(|n| n.node.as_ref()?.node.as_ref())
                 .all(|n| n.node_id != "intruder"),
             "a node with a wrong join token joined: {listed:?}"
         );
@@ -124,6 +124,6 @@ async fn wrong_or_missing_tokens_are_refused() {
 
     drop((ops, bare));
     intruder.shutdown().await;
-    member.shutdown().await;
+    joined.shutdown().await;
     cp.shutdown().await;
 }

@@ -78,7 +78,7 @@ async fn two_hundred_concurrent_registrants_converge_to_one_view() {
         early.view, late.view,
         "the watchers ended with different views"
     );
-    let watched: BTreeSet<String> = early.view.members.keys().cloned().collect();
+    let watched: BTreeSet<String> = early.view.nodes.keys().cloned().collect();
     assert_eq!(watched, expected);
     assert_eq!(early.view.active(), NODES);
     // Every node kept its lease on time: none may have been expired during the storm.

@@ -53,7 +53,7 @@ async fn a_node_that_stops_keeping_its_lease_is_removed_within_ttl_plus_one_hear
     );
     watcher
         .until(WAIT, |v| {
-            v.members
+            v.nodes
                 .get("victim")
                 .is_some_and(|m| m.state == NodeState::Active as i32)
         })
@@ -62,7 +62,7 @@ async fn a_node_that_stops_keeping_its_lease_is_removed_within_ttl_plus_one_hear
     // Killed: no more keepalives, no Leave (the keepalive stream stays open, like a hung
     // process).
     watcher
-        .until(TTL * 3, |v| !v.members.contains_key("victim"))
+        .until(TTL * 3, |v| !v.nodes.contains_key("victim"))
         .await;
     let removed_at = *watcher.arrivals.last().unwrap();
     let removal = watcher.updates.last().unwrap().clone();
@@ -85,7 +85,7 @@ async fn a_node_that_stops_keeping_its_lease_is_removed_within_ttl_plus_one_hear
         node_state(&mut ops, "survivor").await,
         Some(NodeState::Active)
     );
-    assert!(watcher.view.members.contains_key("survivor"));
+    assert!(watcher.view.nodes.contains_key("survivor"));
 
     // A keepalive on the expired lease is refused and ends the stream (NOT_FOUND).
     let refused = victim.try_beat().await;

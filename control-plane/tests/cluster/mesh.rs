@@ -1,4 +1,4 @@
-//! Mesh links between nodes of one cluster (issue 5, links only): every pair of members
+//! Mesh links between nodes of one cluster (issue 5, links only): every pair of nodes
 //! gets one mutually authenticated link over the configured transport, links follow the
 //! view, and a node that dies is dropped and dialed again when it returns.
 

@@ -166,9 +166,9 @@ async fn ops_owner_totals_drain_and_bad_requests() {
     }
 
     // Bad requests: precise codes, nothing changed.
-    let mut member = cp.membership(JOIN_TOKEN).await;
+    let mut registrant = cp.membership(JOIN_TOKEN).await;
     let mut empty_id = node_info("", "eu");
-    let r = member
+    let r = registrant
         .register(RegisterRequest {
             node: Some(empty_id.clone()),
             state_lost: false,
@@ -177,14 +177,14 @@ async fn ops_owner_totals_drain_and_bad_requests() {
     assert_eq!(status_code("empty node_id", r), Code::InvalidArgument);
     empty_id.node_id = "ok".into();
     empty_id.region = String::new();
-    let r = member
+    let r = registrant
         .register(RegisterRequest {
             node: Some(empty_id),
             state_lost: false,
         })
         .await;
     assert_eq!(status_code("empty region", r), Code::InvalidArgument);
-    let r = member
+    let r = registrant
         .register(RegisterRequest {
             node: None,
             state_lost: false,
@@ -284,7 +284,7 @@ async fn ops_owner_totals_drain_and_bad_requests() {
     assert!(apps.contains(&app), "a refused update changed the app");
     assert_eq!(active_nodes(&mut ops).await.len(), 2);
 
-    drop((ops, member, _c1, _c2));
+    drop((ops, registrant, _c1, _c2));
     for node in nodes {
         node.shutdown().await;
     }

@@ -536,7 +536,7 @@ async fn webhook_receiver() -> (String, Hooks) {
 #[tokio::test]
 async fn a_publish_to_an_unreachable_owner_is_an_error() {
     let cluster = Cluster::start(MeshTransport::Quic, |_| {}).await;
-    // A member the others cannot link to (it advertises no mesh address): in the ring,
+    // A node the others cannot link to (it advertises no mesh address): in the ring,
     // unreachable, as after a partition.
     let mut d = Registrant::register(&cluster.cp, "d", "eu").await;
     let keepalive = tokio::spawn(async move { d.keep_alive_forever().await });

@@ -17,8 +17,8 @@ use relaymesh_proto::bearer::BearerToken;
 use relaymesh_proto::control::membership_client::MembershipClient;
 use relaymesh_proto::control::ops_client::OpsClient;
 use relaymesh_proto::control::{
-    App, KeepAliveRequest, KeepAliveResponse, LeaveRequest, ListNodesRequest, ListNodesResponse,
-    Member, NodeInfo, NodeState, RegisterRequest, ViewUpdate, WatchRequest,
+    App, ClusterNode, KeepAliveRequest, KeepAliveResponse, LeaveRequest, ListNodesRequest,
+    ListNodesResponse, NodeInfo, NodeState, RegisterRequest, ViewUpdate, WatchRequest,
 };
 use relaymesh_proto::signing;
 use serde_json::Value;
@@ -218,7 +218,7 @@ pub async fn node_state(ops: &mut Ops, node_id: &str) -> Option<NodeState> {
         .await
         .nodes
         .into_iter()
-        .filter_map(|n| n.member)
+        .filter_map(|n| n.node)
         .find(|m| m.node.as_ref().is_some_and(|n| n.node_id == node_id))
         .map(|m| NodeState::try_from(m.state).unwrap())
 }
@@ -229,7 +229,7 @@ pub async fn active_nodes(ops: &mut Ops) -> Vec<String> {
         .await
         .nodes
         .into_iter()
-        .filter_map(|n| n.member)
+        .filter_map(|n| n.node)
         .filter(|m| m.state == NodeState::Active as i32)
         .filter_map(|m| m.node.map(|n| n.node_id))
         .collect()
@@ -375,7 +375,7 @@ impl Registrant {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
     pub version: u64,
-    pub members: BTreeMap<String, Member>,
+    pub nodes: BTreeMap<String, ClusterNode>,
     pub apps: BTreeMap<String, App>,
 }
 
@@ -389,7 +389,7 @@ impl View {
                 self.version,
                 update.version
             );
-            self.members.clear();
+            self.nodes.clear();
             self.apps.clear();
         } else {
             assert_eq!(
@@ -401,16 +401,16 @@ impl View {
         }
         self.version = update.version;
         for id in &update.removed_nodes {
-            self.members.remove(id);
+            self.nodes.remove(id);
         }
-        for member in &update.members {
-            let id = member
+        for entry in &update.nodes {
+            let id = entry
                 .node
                 .as_ref()
-                .expect("member has a node")
+                .expect("a view entry has a node")
                 .node_id
                 .clone();
-            self.members.insert(id, member.clone());
+            self.nodes.insert(id, entry.clone());
         }
         for id in &update.removed_apps {
             self.apps.remove(id);
@@ -421,7 +421,7 @@ impl View {
     }
 
     pub fn active(&self) -> usize {
-        self.members
+        self.nodes
             .values()
             .filter(|m| m.state == NodeState::Active as i32)
             .count()

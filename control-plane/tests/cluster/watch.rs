@@ -87,9 +87,9 @@ async fn watchers_opened_at_different_times_see_the_same_versions_in_order() {
     // And the same resulting view, which is the control plane's.
     assert_eq!(first.view, second.view);
     assert_eq!(first.view, third.view);
-    let members: Vec<&String> = first.view.members.keys().collect();
-    assert_eq!(members, ["node-c"]);
-    assert_eq!(first.view.members["node-c"].state, NodeState::Active as i32);
+    let in_view: Vec<&String> = first.view.nodes.keys().collect();
+    assert_eq!(in_view, ["node-c"]);
+    assert_eq!(first.view.nodes["node-c"].state, NodeState::Active as i32);
     let mut apps: Vec<&String> = first.view.apps.keys().collect();
     apps.sort();
     let mut expected = vec![&app2.id, &app3.id];

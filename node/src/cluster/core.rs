@@ -212,10 +212,10 @@ impl<W: Waiter> Core<W> {
             Input::Renewed => self.lease.renewed_at = Some(now),
             Input::View(view) => {
                 let previous = std::mem::replace(&mut self.view, view.clone());
-                self.heard.retain(|id, _| view.members.contains_key(id));
+                self.heard.retain(|id, _| view.nodes.contains_key(id));
                 // Requests waiting for a node that left will not be answered.
-                for gone in previous.members.keys() {
-                    if !view.members.contains_key(gone) {
+                for gone in previous.nodes.keys() {
+                    if !view.nodes.contains_key(gone) {
                         self.requests.fail_node(gone);
                     }
                 }
@@ -263,7 +263,7 @@ impl<W: Waiter> Core<W> {
             Input::LinkUp(node) => {
                 self.linked.insert(node.clone(), ());
                 out.push(Output::RetryUnsent);
-                if !self.standalone && self.view.members.contains_key(&node) {
+                if !self.standalone && self.view.nodes.contains_key(&node) {
                     out.push(Output::ResyncOwnedBy(node));
                 }
             }
@@ -380,7 +380,7 @@ impl<W: Waiter> Core<W> {
         };
         let others: Vec<&String> = self
             .view
-            .members
+            .nodes
             .keys()
             .filter(|id| **id != self.me)
             .collect();
@@ -421,7 +421,7 @@ impl<W: Waiter> Core<W> {
     /// The newest view every node of the view (this one included) is done with.
     pub fn everyone_done(&self) -> u64 {
         self.view
-            .members
+            .nodes
             .keys()
             .map(|id| self.heard.get(id).map_or(0, |h| h.done))
             .min()
@@ -459,7 +459,7 @@ impl<W: Waiter> Core<W> {
         let active = NodeState::Active as i32;
         if self
             .view
-            .members
+            .nodes
             .get(&self.me)
             .is_none_or(|m| m.state != active)
         {
@@ -468,11 +468,11 @@ impl<W: Waiter> Core<W> {
         let mut unlinked = Vec::new();
         let mut elsewhere = Vec::new();
         if meshed {
-            for (id, member) in &self.view.members {
-                if *id == self.me || member.state != active || self.linked.contains_key(id) {
+            for (id, node) in &self.view.nodes {
+                if *id == self.me || node.state != active || self.linked.contains_key(id) {
                     continue;
                 }
-                let same_region = member.node.as_ref().is_some_and(|n| n.region == region);
+                let same_region = node.node.as_ref().is_some_and(|n| n.region == region);
                 if same_region {
                     unlinked.push(id.clone());
                 } else {

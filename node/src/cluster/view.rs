@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use relaymesh_proto::control::{App, Member, NodeState, ViewUpdate};
+use relaymesh_proto::control::{App, ClusterNode, NodeState, ViewUpdate};
 use relaymesh_proto::ring::Ring;
 use thiserror::Error;
 
@@ -19,9 +19,9 @@ pub enum ViewError {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     pub version: u64,
-    pub members: BTreeMap<String, Member>,
+    pub nodes: BTreeMap<String, ClusterNode>,
     pub apps: BTreeMap<String, App>,
-    /// The ring of active members, built on first use after the active set changed (a
+    /// The ring of active nodes, built on first use after the active set changed (a
     /// registration storm changes the view thousands of times); shared by clones.
     ring: Arc<OnceLock<Ring>>,
 }
@@ -30,7 +30,7 @@ impl ClusterView {
     /// Applies a full view or the delta that follows the current version.
     pub fn apply(&mut self, update: ViewUpdate) -> Result<(), ViewError> {
         if update.full {
-            self.members.clear();
+            self.nodes.clear();
             self.apps.clear();
         } else if update.version != self.version + 1 {
             return Err(ViewError::Gap {
@@ -42,18 +42,18 @@ impl ClusterView {
         let active = NodeState::Active as i32;
         let mut active_set_changed = update.full;
         for id in update.removed_nodes {
-            if let Some(old) = self.members.remove(&id) {
+            if let Some(old) = self.nodes.remove(&id) {
                 active_set_changed |= old.state == active;
             }
         }
-        for member in update.members {
-            if let Some(node) = &member.node {
+        for entry in update.nodes {
+            if let Some(node) = &entry.node {
                 let was_active = self
-                    .members
+                    .nodes
                     .get(&node.node_id)
                     .is_some_and(|m| m.state == active);
-                active_set_changed |= was_active != (member.state == active);
-                self.members.insert(node.node_id.clone(), member);
+                active_set_changed |= was_active != (entry.state == active);
+                self.nodes.insert(node.node_id.clone(), entry);
             }
         }
         if active_set_changed {
@@ -88,11 +88,11 @@ impl ClusterView {
         self.ring().is_empty()
     }
 
-    /// The ring of the active members.
+    /// The ring of the active nodes.
     fn ring(&self) -> &Ring {
         self.ring.get_or_init(|| {
             let active = self
-                .members
+                .nodes
                 .iter()
                 .filter(|(_, m)| m.state == NodeState::Active as i32)
                 .map(|(id, _)| id.as_str());
@@ -100,13 +100,13 @@ impl ClusterView {
         })
     }
 
-    /// The process a member runs as (`NodeInfo::incarnation`).
+    /// The process a node runs as (`NodeInfo::incarnation`).
     pub fn incarnation_of(&self, node_id: &str) -> Option<u64> {
-        Some(self.members.get(node_id)?.node.as_ref()?.incarnation)
+        Some(self.nodes.get(node_id)?.node.as_ref()?.incarnation)
     }
 
     pub fn state_of(&self, node_id: &str) -> Option<NodeState> {
-        self.members
+        self.nodes
             .get(node_id)
             .and_then(|m| NodeState::try_from(m.state).ok())
     }
@@ -137,8 +137,8 @@ mod tests {
     use super::*;
     use relaymesh_proto::control::NodeInfo;
 
-    fn member(id: &str, state: NodeState) -> Member {
-        Member {
+    fn node(id: &str, state: NodeState) -> ClusterNode {
+        ClusterNode {
             node: Some(NodeInfo {
                 node_id: id.into(),
                 ..NodeInfo::default()
@@ -153,7 +153,7 @@ mod tests {
         view.apply(ViewUpdate {
             version: 7,
             full: true,
-            members: vec![member("a", NodeState::Active)],
+            nodes: vec![node("a", NodeState::Active)],
             apps: vec![App {
                 id: "1".into(),
                 key: "k".into(),
@@ -167,12 +167,12 @@ mod tests {
         assert_eq!(view.app_configs()[0].max_connections, None);
         view.apply(ViewUpdate {
             version: 8,
-            members: vec![member("b", NodeState::Joining)],
+            nodes: vec![node("b", NodeState::Joining)],
             removed_apps: vec!["1".into()],
             ..ViewUpdate::default()
         })
         .unwrap();
-        assert_eq!(view.members.len(), 2);
+        assert_eq!(view.nodes.len(), 2);
         assert!(view.apps.is_empty());
         assert_eq!(view.ring().nodes(), ["a"], "joining nodes own nothing");
         let gap = view.apply(ViewUpdate {

@@ -91,6 +91,8 @@ pub struct ChannelPart {
     pub channel: Box<str>,
     pub sockets: Vec<(SocketId, Option<Member>)>,
     pub told: Vec<String>,
+    /// Some socket was answered (the channel was occupied under its previous owner).
+    pub occupied: bool,
 }
 
 /// A subscription the owner did not answer in time.
@@ -436,7 +438,14 @@ impl Hub {
                 if let (true, Some(owner)) = (owner_changed, &new_owner) {
                     channel.numbering.expect_fresh(owner);
                 }
-                if channel.subscribers.is_empty() && channel.pending.is_empty() {
+                // Sockets whose connection is closing are as good as gone (their sessions
+                // are leaving): naming them would bring them back at the new owner, with a
+                // member_added and then a member_removed, and what their subscribers were
+                // told says nothing about anyone still here.
+                let staying = |conn: &Conn| !conn.is_closing();
+                if !channel.subscribers.values().any(|c| staying(c))
+                    && !channel.pending.values().any(|p| staying(&p.conn))
+                {
                     continue;
                 }
                 channel.resynced_to = new_owner.map(|o| (o.into_boxed_str(), view_version));
@@ -445,11 +454,12 @@ impl Hub {
                 for pending in channel.pending.values_mut() {
                     pending.resynced_to = channel.resynced_to.as_ref().map(|(o, _)| o.clone());
                 }
-                let mut sockets: Vec<_> = channel
-                    .subscribers
-                    .keys()
-                    .map(|s| (*s, channel.members.get(s).cloned()))
-                    .chain(channel.pending.iter().map(|(s, p)| (*s, p.member.clone())))
+                let occupied = channel.subscribers.values().any(|c| staying(c));
+                let subscribed = channel.subscribers.iter().filter(|(_, c)| staying(c));
+                let asked = channel.pending.iter().filter(|(_, p)| staying(&p.conn));
+                let mut sockets: Vec<_> = subscribed
+                    .map(|(s, _)| (*s, channel.members.get(s).cloned()))
+                    .chain(asked.map(|(s, p)| (*s, p.member.clone())))
                     .collect();
                 sockets.sort_unstable_by_key(|(socket, _)| *socket);
                 let mut told: Vec<String> = channel.told.iter().map(|u| u.to_string()).collect();
@@ -458,6 +468,7 @@ impl Hub {
                     channel: name.clone(),
                     sockets,
                     told,
+                    occupied,
                 });
             }
         }

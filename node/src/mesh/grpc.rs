@@ -269,15 +269,15 @@ mod tests {
     async fn a_node_of_another_cluster_is_refused() {
         let ca = ClusterCa::generate().unwrap();
         let other = ClusterCa::generate().unwrap();
-        let member = endpoint(&ca, "member").await;
+        let peer = endpoint(&ca, "peer").await;
         let stranger = endpoint(&other, "stranger").await;
         assert!(
-            stranger.connect(member.local_addr()).await.is_err(),
-            "a stranger must not reach a member"
+            stranger.connect(peer.local_addr()).await.is_err(),
+            "a stranger must not reach a peer"
         );
         assert!(
-            member.connect(stranger.local_addr()).await.is_err(),
-            "a member must not trust a stranger"
+            peer.connect(stranger.local_addr()).await.is_err(),
+            "a peer must not trust a stranger"
         );
     }
 }

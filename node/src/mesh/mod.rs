@@ -3,7 +3,7 @@
 //! queues — over QUIC ([`quic`], with [`frame`] on the stream), over a gRPC bidirectional
 //! stream ([`grpc`], for networks that block UDP) and in memory ([`memory`], for tests);
 //! one conformance suite runs against all three. [`peers`] is the table of live links, one
-//! per other member of the view (`[mesh]` config); the task that keeps it is `links.rs`.
+//! per other node of the view (`[mesh]` config); the task that keeps it is `links.rs`.
 //! Routing (owners, interest, presence at the owner) will run over these links; today they
 //! only carry what the peers send, counted.
 

@@ -304,23 +304,17 @@ mod tests {
     async fn a_node_of_another_cluster_is_refused() {
         let ca = ClusterCa::generate().unwrap();
         let other = ClusterCa::generate().unwrap();
-        let member = endpoint(&ca, "member");
+        let peer = endpoint(&ca, "peer");
         let stranger = endpoint(&other, "stranger");
         assert!(
-            stranger
-                .connect(member.local_addr().unwrap())
-                .await
-                .is_err(),
-            "a stranger must not reach a member"
+            stranger.connect(peer.local_addr().unwrap()).await.is_err(),
+            "a stranger must not reach a peer"
         );
         assert!(
-            member
-                .connect(stranger.local_addr().unwrap())
-                .await
-                .is_err(),
-            "a member must not trust a stranger"
+            peer.connect(stranger.local_addr().unwrap()).await.is_err(),
+            "a peer must not trust a stranger"
         );
-        for refusing in [member, stranger] {
+        for refusing in [peer, stranger] {
             let accepted = tokio::time::timeout(Duration::from_millis(200), refusing.accept());
             assert!(accepted.await.is_err(), "a link was accepted");
         }

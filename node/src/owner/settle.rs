@@ -33,6 +33,9 @@ pub(super) struct Settling {
     /// corrections go out in the same order on every run.
     told: BTreeMap<Arc<str>, BTreeSet<Box<str>>>,
     queued: Vec<(Arc<str>, u64, Body)>,
+    /// Some node had an answered socket: the previous owner told the app the channel is
+    /// occupied (else settling does, if anyone is subscribed).
+    occupied: bool,
     /// The newest view a resync came from: the channel settles once every node is done
     /// with it.
     view_version: u64,
@@ -53,6 +56,7 @@ impl OwnedChannel {
         let settling = Settling {
             told: BTreeMap::new(),
             queued: Vec::new(),
+            occupied: false,
             view_version,
             since: now,
         };
@@ -168,6 +172,7 @@ impl Owner {
         }
         if let Some(settling) = entry.settling.as_mut() {
             settling.view_version = settling.view_version.max(origin.view_version);
+            settling.occupied |= resync.occupied;
             settling
                 .told
                 .entry(node.clone())
@@ -280,6 +285,7 @@ impl Owner {
         let Settling {
             told,
             queued,
+            occupied,
             view_version,
             since,
         } = *settling;
@@ -325,13 +331,18 @@ impl Owner {
         if state.sockets.is_empty() {
             shard.channels.remove(channel);
             self.count_owned(-1.0);
-            // Only a channel some node resynced was occupied before; a placeholder held
+            // Only a channel with an answered socket was occupied before; a placeholder held
             // for a takeover was not (a false vacated would cancel the occupied after it).
-            if !told.is_empty() {
+            if occupied {
                 sink.webhook(WebhookEvent::ChannelVacated {
                     channel: channel.into(),
                 });
             }
+        } else if !occupied {
+            // Its first subscribers came while it had no owner: nobody said so yet.
+            sink.webhook(WebhookEvent::ChannelOccupied {
+                channel: channel.into(),
+            });
         }
         for (node, incarnation, body) in queued {
             let origin = Origin {
@@ -449,6 +460,30 @@ mod tests {
             .all(|(_, f)| f.contains("member_removed") && f.contains("u3")));
         assert!(delivered[2..].iter().all(|(_, f)| f == "{}"));
         assert_eq!(sink.webhook_names(), ["member_removed"]);
+    }
+
+    #[test]
+    fn a_channel_whose_first_subscribers_came_without_an_owner_is_occupied_as_it_settles() {
+        let owner = owner(100);
+        let mut sink = Recorded::default();
+        // Only a subscription nobody answered (its owner was gone): not occupied yet.
+        let part = Resync {
+            sockets: vec![Subscribe {
+                socket: Some(socket(1).into()),
+                ..Subscribe::default()
+            }],
+            first: true,
+            last: true,
+            ..Resync::default()
+        };
+        owner.handle(epoch(), origin("a"), "c-new", Body::Resync(part), &mut sink);
+        owner.settle(epoch(), 1, None, &mut sink);
+        assert_eq!(sink.webhook_names(), ["channel_occupied"]);
+        // An answered socket means the previous owner said so already.
+        let mut sink = Recorded::default();
+        resync(&owner, &mut sink, "a", "c-old", &[(2, "u1")], &[]);
+        owner.settle(epoch(), 1, None, &mut sink);
+        assert!(sink.webhooks.is_empty(), "{:?}", sink.webhook_names());
     }
 
     #[test]

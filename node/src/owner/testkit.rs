@@ -157,8 +157,8 @@ pub fn leave(owner: &Owner, channel: &str, seq: u64) -> Recorded {
     sink
 }
 
-/// `node`'s part of a channel that moved: its sockets (with their users) and the members
-/// its subscribers were told about.
+/// `node`'s part of a channel that moved: its sockets (with their users, answered by the
+/// previous owner) and the members its subscribers were told about.
 pub fn resync(
     owner: &Owner,
     sink: &mut Recorded,
@@ -177,18 +177,19 @@ pub fn resync(
             })
             .collect(),
         told_members: told.iter().map(|u| (*u).to_owned()).collect(),
+        occupied: !sockets.is_empty(),
         ..Resync::default()
     };
     owner.handle(epoch(), origin(node), channel, Body::Resync(resync), sink);
 }
 
-/// A view (version 1) with these active members and incarnations.
-pub fn view(members: &[(&str, u64)]) -> ClusterView {
-    use relaymesh_proto::control::{Member, NodeInfo, NodeState, ViewUpdate};
+/// A view (version 1) with these active nodes and incarnations.
+pub fn view(in_view: &[(&str, u64)]) -> ClusterView {
+    use relaymesh_proto::control::{ClusterNode, NodeInfo, NodeState, ViewUpdate};
     let mut view = ClusterView::default();
-    let members = members
+    let nodes = in_view
         .iter()
-        .map(|(id, incarnation)| Member {
+        .map(|(id, incarnation)| ClusterNode {
             node: Some(NodeInfo {
                 node_id: (*id).into(),
                 incarnation: *incarnation,
@@ -200,7 +201,7 @@ pub fn view(members: &[(&str, u64)]) -> ClusterView {
     let update = ViewUpdate {
         version: 1,
         full: true,
-        members,
+        nodes,
         ..ViewUpdate::default()
     };
     view.apply(update).unwrap();

@@ -36,7 +36,7 @@ impl Owner {
         let alive = |node: &str, incarnation: u64| {
             node == me
                 || view
-                    .members
+                    .nodes
                     .get(node)
                     .and_then(|m| m.node.as_ref())
                     .is_some_and(|n| n.incarnation == incarnation)

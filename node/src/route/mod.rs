@@ -139,7 +139,7 @@ pub(crate) fn to_every_node(shared: &Shared, body: Body) {
     let nodes: Vec<String> = shared
         .view
         .borrow()
-        .members
+        .nodes
         .keys()
         .filter(|id| **id != shared.node_id)
         .cloned()

@@ -143,7 +143,7 @@ pub async fn request(
 }
 
 /// The occupied channels of `app` starting with `prefix`, gathered from every node (each
-/// answers for the channels it owns). Fails when a member of the view cannot be asked.
+/// answers for the channels it owns). Fails when a node of the view cannot be asked.
 pub async fn list_channels(
     shared: &Shared,
     app: &App,
@@ -154,12 +154,12 @@ pub async fn list_channels(
         if shared.view.borrow().has_no_owner() {
             return Err(RouteError::NotInCluster);
         }
-        // Active members own channels; draining ones may still hold theirs. Joining
-        // members own nothing yet.
+        // Active nodes own channels; draining ones may still hold theirs. Joining
+        // nodes own nothing yet.
         let holders = [NodeState::Active as i32, NodeState::Draining as i32];
         let view = shared.view.borrow();
         nodes.extend(
-            view.members
+            view.nodes
                 .iter()
                 .filter(|(id, m)| **id != shared.node_id && holders.contains(&m.state))
                 .map(|(id, _)| id.clone()),

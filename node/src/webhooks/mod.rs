@@ -4,7 +4,8 @@
 
 mod batcher;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -54,10 +55,45 @@ pub enum WebhookEvent {
     },
 }
 
+/// Where a node's raised events go.
+#[derive(Clone)]
+pub enum Outlet {
+    /// Each app's tasks batch them and send them over HTTP with this client.
+    Send(reqwest::Client),
+    /// Kept as raised, for a test that drives the node by hand (it runs no task).
+    Record(Recorded),
+}
+
+/// Events as raised, with their app, bounded like the queue (more are dropped and counted).
+#[derive(Clone, Default)]
+pub struct Recorded(Arc<Mutex<VecDeque<(Arc<str>, WebhookEvent)>>>);
+
+impl Recorded {
+    /// Takes every event recorded so far, in the order raised.
+    pub fn take(&self) -> Vec<(Arc<str>, WebhookEvent)> {
+        let mut events = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        events.drain(..).collect()
+    }
+
+    fn push(&self, app_id: &Arc<str>, event: WebhookEvent, max: usize) -> bool {
+        let mut events = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let room = events.len() < max;
+        if room {
+            events.push_back((app_id.clone(), event));
+        }
+        room
+    }
+}
+
+enum Queue {
+    Batcher(mpsc::Sender<WebhookEvent>),
+    Recorded { events: Recorded, max: usize },
+}
+
 /// The handle the socket path raises events through.
 #[derive(Clone)]
 pub struct Webhooks {
-    events: mpsc::Sender<WebhookEvent>,
+    queue: Arc<Queue>,
     app_id: Arc<str>,
     /// Read on every event: an app without URLs raises nothing.
     config: SharedAppConfig,
@@ -67,13 +103,28 @@ pub struct Webhooks {
 const BATCH_QUEUE_MAX: usize = 256;
 
 impl Webhooks {
-    /// Starts the app's batcher and sender tasks; they end when every handle is dropped.
+    /// Starts the app's batcher and sender tasks (they end when every handle is dropped),
+    /// or records the events when the outlet says so.
     pub fn spawn(
         app_id: Arc<str>,
         app: SharedAppConfig,
         config: &WebhookConfig,
-        client: reqwest::Client,
+        outlet: &Outlet,
     ) -> Webhooks {
+        let client = match outlet {
+            Outlet::Send(client) => client.clone(),
+            Outlet::Record(events) => {
+                let queue = Queue::Recorded {
+                    events: events.clone(),
+                    max: config.queue_max.max(1),
+                };
+                return Webhooks {
+                    queue: Arc::new(queue),
+                    app_id,
+                    config: app,
+                };
+            }
+        };
         let (events_tx, events_rx) = mpsc::channel(config.queue_max.max(1));
         let (batches_tx, batches_rx) = mpsc::channel(BATCH_QUEUE_MAX);
         let batcher = Batcher::new(
@@ -90,7 +141,7 @@ impl Webhooks {
         };
         tokio::spawn(sender.run(batches_rx));
         Webhooks {
-            events: events_tx,
+            queue: Arc::new(Queue::Batcher(events_tx)),
             app_id,
             config: app,
         }
@@ -101,7 +152,11 @@ impl Webhooks {
         if self.config.get().webhooks.is_empty() {
             return;
         }
-        if self.events.try_send(event).is_err() {
+        let queued = match &*self.queue {
+            Queue::Batcher(events) => events.try_send(event).is_ok(),
+            Queue::Recorded { events, max } => events.push(&self.app_id, event, *max),
+        };
+        if !queued {
             metrics::counter!(telemetry::WEBHOOK_EVENTS_DROPPED, "app" => self.app_id.clone())
                 .increment(1);
         }

@@ -11,6 +11,7 @@
 
 mod check;
 mod clients;
+mod webhooks;
 mod world;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use clients::Population;
 use rand::Rng;
 use relaymesh_node::config::Config;
+use webhooks::WebhookCheck;
 use world::World;
 
 const SEEDS_DEFAULT: u64 = 300;
@@ -70,6 +72,8 @@ struct Outcome {
     trace: Vec<String>,
     acked: usize,
     delivered: usize,
+    webhooks: usize,
+    repeated: usize,
 }
 
 /// The node that owns `channel` in node 0's view (any live node's, if node 0 is gone).
@@ -86,10 +90,21 @@ fn alive(world: &World) -> Vec<usize> {
         .collect()
 }
 
+/// The channels `node` owns lose their owner's state.
+fn orphan_owned_by(world: &mut World, node: usize) {
+    let owned: Vec<String> = CHANNELS
+        .iter()
+        .filter(|c| owner_of(world, c) == Some(node))
+        .map(|c| c.to_string())
+        .collect();
+    world.webhook_check.orphan(owned);
+}
+
 fn fault(world: &mut World, people: &mut Population, scenario: Scenario) -> Option<(usize, usize)> {
     let target = owner_of(world, "presence-0").unwrap_or(0);
     match scenario {
         Scenario::KillOwner => {
+            orphan_owned_by(world, target);
             world.kill(target);
             people.node_died(world, target);
         }
@@ -102,6 +117,8 @@ fn fault(world: &mut World, people: &mut Population, scenario: Scenario) -> Opti
             return Some((target, other));
         }
         Scenario::ControlPlaneCut => {
+            // It fences itself and drops its owner state.
+            orphan_owned_by(world, target);
             world.reach_control_plane(target, false);
             return Some((target, target));
         }
@@ -196,6 +213,7 @@ fn run_with(scenario: Scenario, seed: u64, configure: fn(&mut Config)) -> Outcom
     let owners = ask_owners(&mut world, &mut people, &mut drains);
     let mut violations = check::violations(&world, &people);
     violations.extend(check::owners_know_who_is_there(&world, &people, &owners));
+    violations.extend(world.webhook_check.at_rest(&world, &people, &CHANNELS));
     let acked = people
         .publishes
         .iter()
@@ -209,6 +227,8 @@ fn run_with(scenario: Scenario, seed: u64, configure: fn(&mut Config)) -> Outcom
         .sum();
     Outcome {
         violations,
+        webhooks: world.webhook_check.checked,
+        repeated: world.webhook_check.repeated,
         trace: world.trace,
         acked,
         delivered,
@@ -223,6 +243,7 @@ fn step(world: &mut World, people: &mut Population, drains: &mut BTreeMap<usize,
         world.collect();
     }
     people.poll(world);
+    WebhookCheck::observe(world, people);
 }
 
 /// Runs the world without a workload for `how_long`.
@@ -275,7 +296,7 @@ fn ask_owners(
 }
 
 /// Seeds that once broke an invariant, run on every test run whatever the seed count.
-const REGRESSION_SEEDS: [(Scenario, u64); 9] = [
+const REGRESSION_SEEDS: [(Scenario, u64); 12] = [
     (Scenario::KillOwner, 24),
     (Scenario::KillOwner, 72),
     (Scenario::Partition, 132),
@@ -285,6 +306,11 @@ const REGRESSION_SEEDS: [(Scenario, u64); 9] = [
     (Scenario::ControlPlaneCut, 317),
     (Scenario::Drain, 13),
     (Scenario::JoinUnderLoad, 32),
+    // Webhooks: sockets being sent away were resynced (1); a channel first subscribed
+    // while it had no owner was never occupied (24); an orphaned roster (167).
+    (Scenario::ControlPlaneCut, 1),
+    (Scenario::KillOwner, 24),
+    (Scenario::ControlPlaneCut, 167),
 ];
 
 fn seeds_for(scenario: Scenario) -> Vec<u64> {
@@ -317,7 +343,7 @@ fn seeds() -> Vec<u64> {
 /// Runs `scenario` on every seed; panics with the failing seeds and a trace.
 fn hold(scenario: Scenario) {
     let mut failures = Vec::new();
-    let (mut acked, mut delivered, mut runs) = (0, 0, 0);
+    let (mut acked, mut delivered, mut webhooks, mut repeated, mut runs) = (0, 0, 0, 0, 0);
     for seed in seeds_for(scenario) {
         let outcome = run(scenario, seed);
         if std::env::var("RELAYMESH_SIM_TRACE").is_ok() {
@@ -329,12 +355,14 @@ fn hold(scenario: Scenario) {
         runs += 1;
         acked += outcome.acked;
         delivered += outcome.delivered;
+        webhooks += outcome.webhooks;
+        repeated += outcome.repeated;
         if !outcome.violations.is_empty() {
             failures.push((seed, outcome));
         }
     }
     println!(
-        "{scenario:?}: {runs} seeds, {acked} acknowledged publishes, {delivered} deliveries, {} failing",
+        "{scenario:?}: {runs} seeds, {acked} acknowledged publishes, {delivered} deliveries, {webhooks} webhooks checked ({repeated} member events repeated across an owner change), {} failing",
         failures.len()
     );
     if let Some((seed, outcome)) = failures.first() {
@@ -347,7 +375,10 @@ fn hold(scenario: Scenario) {
             outcome.trace[tail..].join("\n")
         );
     }
-    assert!(acked > 0 && delivered > 0, "the workload ran");
+    assert!(
+        acked > 0 && delivered > 0 && webhooks > 0,
+        "the workload ran"
+    );
 }
 
 #[test]

@@ -14,11 +14,14 @@ use rand::{Rng, SeedableRng};
 use relaymesh_node::cluster::{ClusterView, Input};
 use relaymesh_node::config::{AppConfig, Config};
 use relaymesh_node::mesh::link;
-use relaymesh_node::{rebalance, route, Clock, Identity, Shared};
-use relaymesh_proto::control::{Member, NodeInfo, NodeState, ViewUpdate};
+use relaymesh_node::webhooks::Recorded;
+use relaymesh_node::{rebalance, route, Drive, Identity, Shared};
+use relaymesh_proto::control::{ClusterNode, NodeInfo, NodeState, ViewUpdate};
 use relaymesh_proto::mesh::envelope::Body;
 use relaymesh_proto::mesh::Envelope;
 use tokio::sync::mpsc;
+
+use super::webhooks::WebhookCheck;
 
 pub const TTL: Duration = Duration::from_millis(1000);
 pub const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -38,6 +41,8 @@ pub struct Node {
     /// Frames it queued for each peer, as its links' send queues.
     outgoing: BTreeMap<usize, mpsc::Receiver<Bytes>>,
     pub next_heartbeat: Duration,
+    /// The webhooks its owners raised, not yet checked.
+    pub webhooks: Recorded,
 }
 
 /// Frames on their way from one node to another, in order.
@@ -80,6 +85,7 @@ pub struct World {
     pub lost_in_flight: BTreeSet<(u64, usize)>,
     /// Draining nodes that closed their clients, and when.
     clients_sent_away: BTreeMap<usize, Duration>,
+    pub webhook_check: WebhookCheck,
     /// Every step, for the repeatability check and for reading a failure.
     pub trace: Vec<String>,
     /// Applied to every node's configuration (a test flips a rule with it).
@@ -88,7 +94,11 @@ pub struct World {
 }
 
 pub fn app() -> AppConfig {
-    AppConfig::development()
+    AppConfig {
+        // Never sent (nothing runs the node's tasks): raised webhooks are recorded.
+        webhooks: vec!["http://webhooks.sim/".into()],
+        ..AppConfig::development()
+    }
 }
 
 impl World {
@@ -112,6 +122,7 @@ impl World {
             numbering: Numbering::default(),
             clients_sent_away: BTreeMap::new(),
             lost_in_flight: BTreeSet::new(),
+            webhook_check: WebhookCheck::default(),
             trace: Vec::new(),
             configure,
             _runtime: runtime,
@@ -142,8 +153,9 @@ impl World {
             socket_node: 100 + index as u64,
         };
         let _enter = self._runtime.enter();
-        let shared =
-            Shared::new(config, identity, Clock::Manual(self.at().into())).expect("a node's state");
+        let webhooks = Recorded::default();
+        let drive = Drive::ByHand(self.at(), webhooks.clone());
+        let shared = Shared::new(config, identity, drive).expect("a node's state");
         shared.set_now(self.at());
         self.nodes.push(Node {
             id: id.clone(),
@@ -152,6 +164,7 @@ impl World {
             reaches_control_plane: true,
             outgoing: BTreeMap::new(),
             next_heartbeat: self.now + HEARTBEAT,
+            webhooks,
         });
         self.log(format!("start {id}"));
         self.register(index);
@@ -198,10 +211,10 @@ impl World {
     /// A new view version to every node that reaches the control plane.
     fn publish_view(&mut self) {
         self.version += 1;
-        let members = self
+        let nodes = self
             .registry
             .iter()
-            .map(|(id, r)| Member {
+            .map(|(id, r)| ClusterNode {
                 node: Some(NodeInfo {
                     node_id: id.clone(),
                     incarnation: r.incarnation,
@@ -214,7 +227,7 @@ impl World {
         let update = ViewUpdate {
             version: self.version,
             full: true,
-            members,
+            nodes,
             ..ViewUpdate::default()
         };
         let mut view = ClusterView::default();
@@ -233,12 +246,12 @@ impl World {
                 self.input(index, Input::View(view.clone()));
             }
         }
-        self.link_members();
+        self.link_view();
     }
 
-    /// Every pair of live members of the view that is not cut holds a link; a node that
+    /// Every pair of live nodes of the view that is not cut holds a link; a node that
     /// left the view loses its links (its peers drop them, as `mesh/peers.rs` does).
-    fn link_members(&mut self) {
+    fn link_view(&mut self) {
         for a in 0..self.nodes.len() {
             if !self.in_view(a) {
                 for b in 0..self.nodes.len() {
@@ -246,14 +259,14 @@ impl World {
                 }
             }
         }
-        let members: Vec<usize> = self
+        let live: Vec<usize> = self
             .registry
             .values()
             .map(|r| r.index)
             .filter(|i| self.nodes[*i].alive)
             .collect();
-        for &a in &members {
-            for &b in &members {
+        for &a in &live {
+            for &b in &live {
                 if a < b && !self.cut.contains(&(a, b)) && !self.nodes[a].outgoing.contains_key(&b)
                 {
                     self.connect(a, b);
@@ -323,7 +336,7 @@ impl World {
 
     pub fn heal(&mut self, a: usize, b: usize) {
         self.cut.remove(&(a.min(b), a.max(b)));
-        self.link_members();
+        self.link_view();
     }
 
     /// Cuts a node off from the control plane (or brings it back: it registers again).
@@ -336,7 +349,7 @@ impl World {
     }
 
     /// The control plane restarts: every node registers again with the same process and
-    /// gets a full view of the same members (the registry was restored from disk).
+    /// gets a full view of the same nodes (the registry was restored from disk).
     pub fn restart_control_plane(&mut self) {
         self.log("control plane restarts".into());
         for r in self.registry.values_mut() {
@@ -361,7 +374,7 @@ impl World {
         }
     }
 
-    /// Whether the control plane counts the node as a member.
+    /// Whether the control plane counts the node as in the view.
     pub fn in_view(&self, index: usize) -> bool {
         self.registry
             .get(&self.nodes[index].id)

@@ -1,7 +1,7 @@
 //! Tests of the cluster core (in their own file to keep `core.rs` under the line limit).
 
 use super::*;
-use relaymesh_proto::control::{Member, NodeInfo, ViewUpdate};
+use relaymesh_proto::control::{ClusterNode, NodeInfo, ViewUpdate};
 use relaymesh_proto::mesh::Reply;
 
 use crate::cluster::takeover::TAKEOVER_HOLD;
@@ -22,11 +22,11 @@ fn view(version: u64, nodes: &[&str]) -> Arc<ClusterView> {
     view_in_regions(version, &regions)
 }
 
-fn view_in_regions(version: u64, nodes: &[(&str, &str)]) -> Arc<ClusterView> {
+fn view_in_regions(version: u64, in_view: &[(&str, &str)]) -> Arc<ClusterView> {
     let mut view = ClusterView::default();
-    let members = nodes
+    let nodes = in_view
         .iter()
-        .map(|(id, region)| Member {
+        .map(|(id, region)| ClusterNode {
             node: Some(NodeInfo {
                 node_id: (*id).into(),
                 incarnation: 1,
@@ -39,7 +39,7 @@ fn view_in_regions(version: u64, nodes: &[(&str, &str)]) -> Arc<ClusterView> {
     let update = ViewUpdate {
         version,
         full: true,
-        members,
+        nodes,
         ..ViewUpdate::default()
     };
     view.apply(update).unwrap();
