@@ -66,11 +66,14 @@ pub enum Outlet {
 
 /// Events as raised, with their app, bounded like the queue (more are dropped and counted).
 #[derive(Clone, Default)]
-pub struct Recorded(Arc<Mutex<VecDeque<(Arc<str>, WebhookEvent)>>>);
+pub struct Recorded(Arc<Mutex<VecDeque<AppEvent>>>);
+
+/// An event and the id of the app that raised it.
+pub type AppEvent = (Arc<str>, WebhookEvent);
 
 impl Recorded {
     /// Takes every event recorded so far, in the order raised.
-    pub fn take(&self) -> Vec<(Arc<str>, WebhookEvent)> {
+    pub fn take(&self) -> Vec<AppEvent> {
         let mut events = self.0.lock().unwrap_or_else(|e| e.into_inner());
         events.drain(..).collect()
     }
