@@ -169,7 +169,7 @@ impl WebhookCheck {
             if orphaned && users.is_empty() {
                 continue;
             }
-            if occupied != !there.is_empty() {
+            if occupied == there.is_empty() {
                 found.push(format!(
                     "webhooks say {channel} is occupied: {occupied}; subscribed: {}",
                     there.len()
