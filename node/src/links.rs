@@ -51,7 +51,7 @@ pub fn spawn(
 
 async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, mut stop: watch::Receiver<bool>) {
     let mut views = shared.view.subscribe();
-    let (dialed_tx, mut dialed) = mpsc::channel::<Link>(16);
+    let (dialed_tx, mut dialed) = mpsc::channel::<Dialed>(16);
     let mut dialing: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     loop {
@@ -62,9 +62,11 @@ async fn run(shared: Arc<Shared>, endpoint: Arc<Endpoint>, mut stop: watch::Rece
                 Some(link) => adopt(&shared, link),
                 None => return,
             },
-            Some(link) = dialed.recv() => {
-                dialing.remove(link.peer());
-                adopt(&shared, link);
+            Some((peer, link)) = dialed.recv() => {
+                dialing.remove(&peer);
+                if let Some(link) = link {
+                    adopt(&shared, link);
+                }
             }
             _ = views.changed() => reconcile(&shared, &endpoint, &dialed_tx, &mut dialing),
             _ = tick.tick() => reconcile(&shared, &endpoint, &dialed_tx, &mut dialing),
@@ -120,11 +122,15 @@ fn count_in(peer: &str, frame: &Bytes) {
         .increment(frame.len() as u64);
 }
 
+/// The end of a dial: the peer, and its link unless the dial gave up (the peer left the
+/// view, or its address is unusable).
+type Dialed = (String, Option<Link>);
+
 /// Dials the nodes this node is responsible for and forgets links to nodes that left.
 fn reconcile(
     shared: &Arc<Shared>,
     endpoint: &Arc<Endpoint>,
-    dialed: &mpsc::Sender<Link>,
+    dialed: &mpsc::Sender<Dialed>,
     dialing: &mut HashMap<String, JoinHandle<()>>,
 ) {
     let view = shared.view.borrow().clone();
@@ -145,7 +151,9 @@ fn reconcile(
         set_up(&id, false);
         rebalance::input(shared, shared.now(), Input::LinkDown(id));
     }
-    dialing.retain(|id, task| in_view.contains_key(id) && !task.is_finished());
+    // A dial stays in `dialing` until its end is received, not until its task finishes:
+    // a finished dial's link may still wait in the channel, and dialing again then would
+    // make two links whose ends each side may keep differently (one side left without).
     for id in in_view.into_keys() {
         if shared.node_id >= id || dialing.contains_key(&id) || shared.peers.link(&id).is_some() {
             continue;
@@ -171,16 +179,22 @@ async fn dial(
     shared: Arc<Shared>,
     endpoint: Arc<Endpoint>,
     peer: String,
-    dialed: mpsc::Sender<Link>,
+    dialed: mpsc::Sender<Dialed>,
 ) {
+    let link = dial_until_linked(&shared, &endpoint, &peer).await;
+    let _ = dialed.send((peer, link)).await;
+}
+
+/// Dials `peer` with backoff until a link comes up, or the peer leaves the view or has an
+/// unusable address (`None`).
+async fn dial_until_linked(shared: &Shared, endpoint: &Endpoint, peer: &str) -> Option<Link> {
     let mut backoff = BACKOFF_FIRST;
     loop {
-        let addr = match mesh_addr(&shared, &peer) {
-            None => return,
-            Some(Ok(addr)) => addr,
-            Some(Err(addr)) => {
+        let addr = match mesh_addr(shared, peer)? {
+            Ok(addr) => addr,
+            Err(addr) => {
                 tracing::warn!(peer, addr, "peer has an unusable mesh address");
-                return;
+                return None;
             }
         };
         let attempt = tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr)).await;
@@ -188,8 +202,7 @@ async fn dial(
         match attempt {
             Ok(link) if link.peer() == peer => {
                 metrics::counter!(telemetry::MESH_DIALS, "result" => "ok").increment(1);
-                let _ = dialed.send(link).await;
-                return;
+                return Some(link);
             }
             Ok(link) => {
                 tracing::warn!(expected = peer, answered = link.peer(), %addr, "a different node answered");
