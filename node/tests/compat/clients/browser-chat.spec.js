@@ -7,9 +7,10 @@
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const h = require('../lib/harness');
-const { startExample, launchBrowser, screenshot, pageLog } = require('./lib');
+const { startExample, useBrowser, screenshot, pageLog } = require('./lib');
 
 const ctx = h.useServer();
+const chromium = useBrowser();
 const MS = h.CLUSTER_SIZE ? 10000 : 5000;
 
 /** A signed-in chat tab of `name` connected to the node on `port`. */
@@ -32,8 +33,6 @@ test('chat in Chromium: presence list, room and private messages, typing indicat
   const nodes = h.CLUSTER_SIZE ? ctx.server.nodes : [ctx.server, ctx.server];
   const chat = await startExample('chat', { RELAYMESH_PORT: String(ctx.server.port), CHAT_PORT: '0' });
   ctx.defer(() => chat.stop());
-  const browser = await launchBrowser();
-  ctx.defer(() => browser.close());
   let alice;
   let bob;
   const context = () =>
@@ -42,8 +41,8 @@ test('chat in Chromium: presence list, room and private messages, typing indicat
     `\n--- relaymesh ---\n${ctx.server.logTail(20)}`;
 
   try {
-    alice = await join(browser, chat.url, nodes[0].port, 'Alice');
-    bob = await join(browser, chat.url, nodes[1].port, 'Bob');
+    alice = await join(chromium.browser, chat.url, nodes[0].port, 'Alice');
+    bob = await join(chromium.browser, chat.url, nodes[1].port, 'Bob');
 
     // Both see each other online.
     await member(alice.page, 'Bob').waitFor({ timeout: MS });

@@ -3,6 +3,7 @@
 // person starts them (`npm start`), headless Chromium through playwright-core, and screenshots.
 
 const { spawn } = require('node:child_process');
+const { before, after } = require('node:test');
 const fs = require('node:fs');
 const path = require('node:path');
 const h = require('../lib/harness');
@@ -99,6 +100,21 @@ async function launchBrowser() {
   });
 }
 
+/**
+ * One Chromium for the tests of a file (it takes seconds to start here): `b.browser` is set in
+ * `before` and closed in `after`; tests make their own contexts (cookie jars) in it.
+ */
+function useBrowser() {
+  const b = { browser: null };
+  before(async () => {
+    b.browser = await launchBrowser();
+  });
+  after(async () => {
+    if (b.browser) await b.browser.close();
+  });
+  return b;
+}
+
 /** Saves a screenshot of `page` as ARTIFACTS/<test>-<step>.png; returns the path. */
 async function screenshot(page, name) {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
@@ -115,4 +131,4 @@ function pageLog(page) {
   return log;
 }
 
-module.exports = { REPO, MODE, ARTIFACTS, startExample, launchBrowser, screenshot, pageLog };
+module.exports = { REPO, MODE, ARTIFACTS, startExample, launchBrowser, useBrowser, screenshot, pageLog };
