@@ -9,7 +9,7 @@ const { execFile } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const h = require('../lib/harness');
-const { REPO, startExample } = require('./lib');
+const { REPO, exampleEnv, startExample } = require('./lib');
 
 const healthz = async (port) => (await h.httpGet(`http://127.0.0.1:${port}/healthz`, 500)).status;
 
@@ -65,8 +65,7 @@ test('dashboard: npm start starts a node when none answers and publishes to it',
 
 test('quickstart: npm start runs the walk-through against a node it starts, and exits 0', async () => {
   const port = await h.freePort();
-  const env = { ...process.env, RELAYMESH_PORT: String(port), RELAYMESH_NODE_BIN: h.BIN };
-  for (const k of Object.keys(env)) if (k.startsWith('RELAYMESH_COMPAT_')) delete env[k];
+  const env = exampleEnv({ RELAYMESH_PORT: String(port), RELAYMESH_NODE_BIN: h.BIN });
   const { code, out } = await new Promise((resolve) =>
     execFile('npm', ['start', '--silent'], { cwd: path.join(REPO, 'examples', 'quickstart'), env, timeout: 30000 }, (err, stdout, stderr) =>
       resolve({ code: err ? err.code : 0, out: stdout + stderr }),

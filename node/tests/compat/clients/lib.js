@@ -24,6 +24,16 @@ process.on('exit', () => {
 });
 
 /**
+ * An example's environment: ours without RELAYMESH_* (a node the example starts would refuse the
+ * harness's variables), plus `env`.
+ */
+function exampleEnv(env) {
+  const out = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('RELAYMESH_')) out[k] = v;
+  return { ...out, ...env };
+}
+
+/**
  * Runs `npm start` in examples/<name> with `env` added, in its own process group, and waits for
  * the line `<name>: http://...`. Returns { url, output, stop() }; stop() ends the whole group
  * (npm, the example, and a node the example started), SIGTERM then SIGKILL.
@@ -31,9 +41,7 @@ process.on('exit', () => {
 async function startExample(name, env, { ms = 20000 } = {}) {
   const dir = path.join(REPO, 'examples', name);
   if (!fs.existsSync(path.join(dir, 'node_modules'))) throw new Error(`${dir}/node_modules is missing: run \`npm ci\` there (scripts/test-clients does)`);
-  const childEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('RELAYMESH_')) childEnv[k] = v;
-  const child = spawn('npm', ['start', '--silent'], { cwd: dir, env: { ...childEnv, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const child = spawn('npm', ['start', '--silent'], { cwd: dir, env: exampleEnv(env), stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   liveGroups.add(child.pid);
   const output = [];
   const exit = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
@@ -131,4 +139,4 @@ function pageLog(page) {
   return log;
 }
 
-module.exports = { REPO, MODE, ARTIFACTS, startExample, launchBrowser, useBrowser, screenshot, pageLog };
+module.exports = { REPO, MODE, ARTIFACTS, exampleEnv, startExample, launchBrowser, useBrowser, screenshot, pageLog };
