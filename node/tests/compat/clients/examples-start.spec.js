@@ -47,7 +47,7 @@ test('dashboard: npm start starts a node when none answers and publishes to it',
   const describe = () => `--- dashboard output ---\n${d.output.join('\n')}`;
   assert.ok(d.output.some((l) => l.includes(`no node answers on 127.0.0.1:${port}: starting`)), describe());
   const deadline = Date.now() + 5000;
-  while (!d.output.some((l) => l.startsWith('published sample 2'))) {
+  while (!d.output.some((l) => l.includes('published sample 2 '))) {
     if (Date.now() > deadline) assert.fail(`no samples published within 5 s\n${describe()}`);
     await h.sleep(50);
   }

@@ -36,6 +36,7 @@ async function echo(auth, user) {
   });
   const c = h.track(e.connector.pusher, node !== ctx.server ? node : null);
   ctx.defer(() => e.disconnect());
+  e.user = user;
   e.describe = () => h.describeClient(c, user);
   await h.connected(c, undefined, user);
   return e;
@@ -46,17 +47,23 @@ function firstCall(register, what, describe) {
   return h.withTimeout(new Promise((resolve) => register((...args) => resolve(args))), h.DEFAULT_TIMEOUT_MS, what, describe);
 }
 
-test('Echo: public channel listen (namespaced and dot-prefixed events), toOthers exclusion', async () => {
+/** The app's auth endpoint, and Alice's and Bob's Echo, connected. */
+async function aliceAndBob() {
   const auth = await ctx.authServer(ctx.pusher, { users: USERS });
-  const alice = await echo(auth, 'alice');
-  const bob = await echo(auth, 'bob');
+  return { auth, alice: await echo(auth, 'alice'), bob: await echo(auth, 'bob') };
+}
+
+/** Waits until each [echo, channel] pair's subscription has succeeded. */
+function subscribed(...pairs) {
+  return Promise.all(pairs.map(([e, ch]) => firstCall((cb) => ch.subscribed(cb), `${e.user} subscribed to ${ch.name}`, e.describe)));
+}
+
+test('Echo: public channel listen (namespaced and dot-prefixed events), toOthers exclusion', async () => {
+  const { auth, alice, bob } = await aliceAndBob();
   const name = h.uniqueName('orders-');
   const aCh = alice.channel(name);
   const bCh = bob.channel(name);
-  await Promise.all([
-    firstCall((cb) => aCh.subscribed(cb), 'alice subscribed', alice.describe),
-    firstCall((cb) => bCh.subscribed(cb), 'bob subscribed', bob.describe),
-  ]);
+  await subscribed([alice, aCh], [bob, bCh]);
 
   // broadcast(new OrderShipped($order)) arrives as App\Events\OrderShipped.
   const shipped = firstCall((cb) => aCh.listen('OrderShipped', cb), 'OrderShipped on alice', alice.describe);
@@ -81,17 +88,12 @@ test('Echo: public channel listen (namespaced and dot-prefixed events), toOthers
 });
 
 test('Echo: private channel (authorized via authEndpoint), events, whispers, a refused subscription reaches .error()', async () => {
-  const auth = await ctx.authServer(ctx.pusher, { users: USERS });
-  const alice = await echo(auth, 'alice');
-  const bob = await echo(auth, 'bob');
+  const { auth, alice, bob } = await aliceAndBob();
   const name = h.uniqueName('orders.');
   const aCh = alice.private(name);
   const bCh = bob.private(name);
   assert.equal(aCh.name, `private-${name}`);
-  await Promise.all([
-    firstCall((cb) => aCh.subscribed(cb), 'alice subscribed', alice.describe),
-    firstCall((cb) => bCh.subscribed(cb), 'bob subscribed', bob.describe),
-  ]);
+  await subscribed([alice, aCh], [bob, bCh]);
   assert.ok(auth.requests.some((r) => r.channelName === `private-${name}` && r.user === 'alice'), 'Echo did not call the auth endpoint');
 
   const updated = firstCall((cb) => bCh.listen('OrderUpdated', cb), 'OrderUpdated on bob', bob.describe);
@@ -116,9 +118,7 @@ test('Echo: private channel (authorized via authEndpoint), events, whispers, a r
 });
 
 test('Echo: presence channel here / joining / leaving, whispers between members', async () => {
-  const auth = await ctx.authServer(ctx.pusher, { users: USERS });
-  const alice = await echo(auth, 'alice');
-  const bob = await echo(auth, 'bob');
+  const { auth, alice, bob } = await aliceAndBob();
   const room = h.uniqueName('chat.');
 
   const aRoom = alice.join(room);

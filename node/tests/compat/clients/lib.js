@@ -49,20 +49,10 @@ async function startExample(name, env, { ms = 20000 } = {}) {
   exit.then((e) => (exited = e));
   let sawUrl;
   const urlSeen = new Promise((resolve) => (sawUrl = resolve));
-  for (const stream of [child.stdout, child.stderr]) {
-    stream.setEncoding('utf8');
-    let buf = '';
-    stream.on('data', (chunk) => {
-      buf += chunk;
-      const lines = buf.split('\n');
-      buf = lines.pop();
-      for (const line of lines) {
-        output.push(line);
-        const m = new RegExp(`^${name}: (http://\\S+)`).exec(line);
-        if (m) sawUrl(m[1]);
-      }
-    });
-  }
+  h.captureLines(child, output, (line) => {
+    const m = new RegExp(`^${name}: (http://\\S+)`).exec(line);
+    if (m) sawUrl(m[1]);
+  });
   const stop = async () => {
     if (!exited) {
       try {

@@ -1201,6 +1201,7 @@ module.exports = {
   sleep,
   withTimeout,
   freePort,
+  captureLines,
   rawFrames,
   rawReceived,
   startServer,
