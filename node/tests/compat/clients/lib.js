@@ -45,31 +45,32 @@ async function startExample(name, env, { ms = 20000 } = {}) {
   liveGroups.add(child.pid);
   const output = [];
   const exit = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  let exited = null;
-  exit.then((e) => (exited = e));
   let sawUrl;
   const urlSeen = new Promise((resolve) => (sawUrl = resolve));
   h.captureLines(child, output, (line) => {
     const m = new RegExp(`^${name}: (http://\\S+)`).exec(line);
     if (m) sawUrl(m[1]);
   });
-  const stop = async () => {
-    if (!exited) {
-      try {
-        process.kill(-child.pid, 'SIGTERM');
-      } catch {}
-      const done = await Promise.race([exit, h.sleep(5000).then(() => false)]);
-      if (!done) {
-        try {
-          process.kill(-child.pid, 'SIGKILL');
-        } catch {}
-        await exit;
-      }
-    }
-    // a process of the group may outlive npm itself
+  const groupAlive = () => {
     try {
-      process.kill(-child.pid, 'SIGKILL');
+      process.kill(-child.pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const stop = async () => {
+    try {
+      process.kill(-child.pid, 'SIGTERM');
     } catch {}
+    // The whole group, not only npm: the example and a node it started clean up after npm exits.
+    for (const deadline = Date.now() + 5000; groupAlive() && Date.now() < deadline; ) await h.sleep(50);
+    if (groupAlive()) {
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {}
+    }
+    await exit;
     liveGroups.delete(child.pid);
   };
   try {
