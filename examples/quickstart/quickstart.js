@@ -1,17 +1,17 @@
 // The newcomer's walk-through: two "tabs" (pusher-js clients) join a presence channel,
 // authorized through the pusher library's own helper, and a server-side trigger reaches
-// both. Start a node first (`cargo run --release -p relaymesh-node`), then `npm ci && npm start`.
+// both. `npm ci && npm start`: it uses the node on 127.0.0.1:6001, or starts one there.
 const Pusher = require('pusher');
 const PusherClient = require('pusher-js');
+const { ensureNode } = require('../lib/local-node');
 
-const host = process.env.RELAYMESH_HOST || '127.0.0.1';
-const port = Number(process.env.RELAYMESH_PORT || 6001);
-const server = new Pusher({
-  appId: 'app-id', key: 'app-key', secret: 'app-secret', host, port: String(port), useTLS: false,
-});
+let server;
+let host;
+let port;
+let key;
 
 function tab(userId, name) {
-  return new PusherClient('app-key', {
+  return new PusherClient(key, {
     wsHost: host, wsPort: port, forceTLS: false, enabledTransports: ['ws'], disableStats: true, cluster: 'mt1',
     channelAuthorization: {
       // In a web app this is your backend's /pusher/auth endpoint calling the same helper.
@@ -24,6 +24,19 @@ function tab(userId, name) {
 const once = (channel, event) => new Promise((resolve) => channel.bind(event, resolve));
 
 async function main() {
+  const node = await ensureNode();
+  ({ host, port, key } = node);
+  server = new Pusher({ appId: node.appId, key, secret: node.secret, host, port: String(port), useTLS: false });
+  const timeout = setTimeout(() => {
+    console.error(`timed out: the walk-through did not finish within 15 s against ${host}:${port}`);
+    process.exit(1);
+  }, 15000);
+  await walkThrough();
+  clearTimeout(timeout);
+  await node.stop();
+}
+
+async function walkThrough() {
   const alice = tab('1', 'Alice');
   const aliceRoom = alice.subscribe('presence-room');
   const aliceMembers = await once(aliceRoom, 'pusher:subscription_succeeded');
@@ -49,5 +62,7 @@ async function main() {
   alice.disconnect();
 }
 
-const timeout = setTimeout(() => { console.error('timed out: is a node running on', `${host}:${port}?`); process.exit(1); }, 15000);
-main().then(() => clearTimeout(timeout), (e) => { console.error(e); process.exit(1); });
+main().then(
+  () => process.exit(0),
+  (e) => { console.error(e.message || e); process.exit(1); },
+);

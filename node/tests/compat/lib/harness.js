@@ -899,13 +899,19 @@ function serverLib(server, app = DEFAULT_APP, overrides = {}) {
   });
 }
 
+/** The node the next client connects to: on a cluster, client number k goes to node k % N. */
+function clientNode(server) {
+  return typeof server.nextClientNode === 'function' ? server.nextClientNode() : server;
+}
+
 /**
  * A pusher-js client that records every frame it receives (decoded, as pusher-js sees it). On a
- * cluster, client number k connects to node k % N (`c.node` is that node).
+ * cluster, client number k connects to node k % N (`c.node` is that node). `Pusher` is the client
+ * class (another pusher-js version, say); its options are this one's plus `opts`.
  */
-function client(server, opts = {}, app = DEFAULT_APP) {
-  const target = typeof server.nextClientNode === 'function' ? server.nextClientNode() : server;
-  const c = new PusherClient(app.key, {
+function client(server, opts = {}, app = DEFAULT_APP, Pusher = PusherClient) {
+  const target = clientNode(server);
+  const c = new Pusher(app.key, {
     wsHost: '127.0.0.1',
     wsPort: target.port,
     forceTLS: false,
@@ -914,7 +920,15 @@ function client(server, opts = {}, app = DEFAULT_APP) {
     cluster: 'mt1',
     ...opts,
   });
-  if (target !== server) c.node = target;
+  return track(c, target !== server ? target : null);
+}
+
+/**
+ * Records a pusher-js client's received frames, states and errors (for waitForFrame and
+ * describeClient); for clients made elsewhere (Laravel Echo's). `node`: the cluster node it is on.
+ */
+function track(c, node = null) {
+  if (node) c.node = node;
   c.frames = [];
   c.states = [c.connection.state];
   c.errors = [];
@@ -1095,6 +1109,11 @@ async function startAuthServer(pusher, { users = {} } = {}) {
 // ---------------------------------------------------------------------------------------------
 // per-test scope: a fresh server for every test, and LIFO cleanup of everything the test created
 
+/** A fresh server for one test: one node, or with RELAYMESH_COMPAT_CLUSTER=N an N-node cluster. */
+function startTestServer({ apps = [DEFAULT_APP], extraToml = '' } = {}) {
+  return CLUSTER_SIZE ? startCluster({ apps, extraToml, size: CLUSTER_SIZE }) : startServer({ apps, extraToml });
+}
+
 /**
  * Registers beforeEach/afterEach hooks in the current suite/file. Returns a context whose fields
  * are (re)filled before each test:
@@ -1126,9 +1145,7 @@ function useServer({ apps, extraToml = '' } = {}) {
     ctx.cleanups = [];
     ctx.server = null;
     const appList = typeof apps === 'function' ? await apps() : apps;
-    ctx.server = CLUSTER_SIZE
-      ? await startCluster({ apps: appList, extraToml, size: CLUSTER_SIZE })
-      : await startServer({ apps: appList, extraToml });
+    ctx.server = await startTestServer({ apps: appList, extraToml });
     const srv = ctx.server;
     ctx.defer(async () => {
       await srv.kill('SIGTERM');
@@ -1184,17 +1201,22 @@ module.exports = {
   sleep,
   withTimeout,
   freePort,
+  captureLines,
   rawFrames,
   rawReceived,
   startServer,
   startControlPlane,
   startCluster,
+  startTestServer,
+  removeServerDir,
   ctl,
   httpGet,
   metrics,
   parseMetrics,
   serverLib,
+  clientNode,
   client,
+  track,
   describeClient,
   waitForState,
   connected,
