@@ -29,8 +29,8 @@ RUN cargo build --release --locked \
 FROM ${RUNTIME_IMAGE} AS runtime-base
 # No packages beyond the base: TLS roots are compiled into the binaries (rustls with
 # webpki-roots), and probes are HTTP requests made by the orchestrator.
-RUN groupadd --system --gid 10001 relaymesh \
-    && useradd --system --uid 10001 --gid relaymesh --no-create-home \
+RUN groupadd --gid 10001 relaymesh \
+    && useradd --uid 10001 --gid relaymesh --no-create-home --no-log-init \
         --home-dir /var/lib/relaymesh --shell /usr/sbin/nologin relaymesh \
     && install -d -o relaymesh -g relaymesh -m 0750 /var/lib/relaymesh
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
