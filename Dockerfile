@@ -19,7 +19,12 @@ ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
 
 FROM ${BUILD_IMAGE} AS build
 WORKDIR /src
-COPY . .
+# The workspace only, so that a change to docs/ or scripts/ keeps the build cached.
+COPY Cargo.toml Cargo.lock ./
+COPY proto proto
+COPY node node
+COPY control-plane control-plane
+COPY simulations simulations
 RUN cargo build --release --locked \
         --bin relaymesh-node --bin relaymesh-control --bin relaymesh-sim \
     && mkdir /out \

@@ -298,19 +298,14 @@ const ENV_PREFIX: &str = "RELAYMESH_";
 fn is_service_link(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     let words: Vec<&str> = key.split('_').collect();
-    let n = words.len();
     let service_host = words.ends_with(&["service", "host"]);
     let service_port = words.windows(2).any(|w| w == ["service", "port"]);
     let port = words.last() == Some(&"port");
-    let protocol_port = (0..n).any(|i| {
-        words[i] == "port"
-            && words
-                .get(i + 1)
-                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty())
-            && words
-                .get(i + 2)
-                .is_some_and(|p| matches!(*p, "tcp" | "udp" | "sctp"))
-            && (i + 3 == n || (i + 4 == n && matches!(words[i + 3], "proto" | "port" | "addr")))
+    let number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+    let protocol = |w: &str| matches!(w, "tcp" | "udp" | "sctp");
+    let protocol_port = (0..words.len()).any(|i| match words[i..] {
+        ["port", n, p] | ["port", n, p, "proto" | "port" | "addr"] => number(n) && protocol(p),
+        _ => false,
     });
     service_host || service_port || port || protocol_port
 }

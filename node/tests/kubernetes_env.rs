@@ -1,6 +1,7 @@
 //! The node binary in a pod's environment: the service variables Kubernetes injects
 //! (`RELAYMESH_CONTROL_PORT=tcp://…` for a Service named `relaymesh-control`) do not stop
 //! it, and a cluster node listening on 0.0.0.0 without an advertised address does (64).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
