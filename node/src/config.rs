@@ -16,6 +16,10 @@ use thiserror::Error;
 pub struct Config {
     /// Address of the WebSocket endpoint, the HTTP API and the ops endpoints (one port).
     pub listen: SocketAddr,
+    /// `host:port` at which clients and operators reach `listen`, reported to the control
+    /// plane (`ctl nodes`, `ctl owner`); the bound address when absent. Required in a
+    /// cluster when `listen` is unspecified (`0.0.0.0`, `::`).
+    pub advertise: Option<String>,
     /// Seconds of client silence before the node pings it; sent in connection_established.
     pub activity_timeout_secs: u64,
     /// Seconds the node waits for any frame after its ping before closing with 4201.
@@ -49,6 +53,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6001)),
+            advertise: None,
             activity_timeout_secs: 120,
             drain_timeout_secs: 30,
             pong_timeout_secs: 30,
@@ -108,7 +113,8 @@ pub enum MeshTransport {
 pub struct MeshConfig {
     /// Address of the mesh endpoint (UDP for QUIC, TCP for gRPC).
     pub listen: Option<SocketAddr>,
-    /// Address peers dial, reported to the control plane; the bound address when absent.
+    /// `ip:port` peers dial, reported to the control plane; the bound address when absent.
+    /// Required when `listen` is unspecified (`0.0.0.0`, `::`).
     pub advertise: Option<String>,
     pub transport: MeshTransport,
     /// Production: a folder with `ca.pem`, `node.pem`, `node.key`
@@ -281,6 +287,78 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+const ENV_PREFIX: &str = "RELAYMESH_";
+
+/// Whether `key`, a variable's name after `RELAYMESH_` in any case, has the shape of the
+/// variables Kubernetes injects for every Service of the namespace (a Service named
+/// `relaymesh-control` gives `RELAYMESH_CONTROL_PORT=tcp://10.0.0.1:7000`):
+/// `{SVC}_SERVICE_HOST`, `{SVC}_SERVICE_PORT[_{PORT_NAME}]`, `{SVC}_PORT` and
+/// `{SVC}_PORT_{N}_{TCP|UDP|SCTP}[_PROTO|_PORT|_ADDR]`. No node setting has that shape (a
+/// test checks), so a misspelt setting still stops the node instead of being ignored.
+fn is_service_link(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let words: Vec<&str> = key.split('_').collect();
+    let service_host = words.ends_with(&["service", "host"]);
+    let service_port = words.windows(2).any(|w| w == ["service", "port"]);
+    let port = words.last() == Some(&"port");
+    let number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+    let protocol = |w: &str| matches!(w, "tcp" | "udp" | "sctp");
+    let protocol_port = (0..words.len()).any(|i| match words[i..] {
+        ["port", n, p] | ["port", n, p, "proto" | "port" | "addr"] => number(n) && protocol(p),
+        _ => false,
+    });
+    service_host || service_port || port || protocol_port
+}
+
+/// The names among `names` that `Config::load` ignores as Kubernetes service variables.
+fn service_link_variables(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
+    names
+        .filter_map(|name| name.into_string().ok())
+        .filter(|name| {
+            name.get(..ENV_PREFIX.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(ENV_PREFIX))
+                && is_service_link(&name[ENV_PREFIX.len()..])
+        })
+        .collect()
+}
+
+/// Checks that the address a node reports for `listen` can be reached by others: `key`
+/// when set (`ip:port` only if `ip_only`: peers dial it without a name lookup), else the
+/// listen address itself, which must then not be unspecified (`0.0.0.0`, `::`).
+fn check_advertised(
+    key: &str,
+    advertise: Option<&str>,
+    listen: SocketAddr,
+    ip_only: bool,
+) -> Result<(), ConfigError> {
+    let Some(advertise) = advertise else {
+        if listen.ip().is_unspecified() {
+            return Err(ConfigError::Invalid(format!(
+                "{key} must be set: the node listens on {listen}, which is no address others \
+                 can reach (in Kubernetes: the pod IP, `$(POD_IP):{}`)",
+                listen.port()
+            )));
+        }
+        return Ok(());
+    };
+    let invalid = |why: &str| Err(ConfigError::Invalid(format!("{key} {advertise:?} {why}")));
+    let (host, port) = match advertise.parse::<SocketAddr>() {
+        Ok(addr) => (Some(addr.ip()), addr.port()),
+        Err(_) if ip_only => return invalid("is not ip:port (peers dial it as it is)"),
+        Err(_) => match advertise.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+                Ok(port) => (host.parse().ok(), port),
+                Err(_) => return invalid("is not host:port"),
+            },
+            _ => return invalid("is not host:port"),
+        },
+    };
+    if port == 0 || host.is_some_and(|ip: std::net::IpAddr| ip.is_unspecified()) {
+        return invalid("is unspecified: others cannot reach it");
+    }
+    Ok(())
+}
+
 impl Config {
     /// Layers `file` (if any), then `RELAYMESH_*` variables (`__` separates nested keys,
     /// e.g. `RELAYMESH_WEBHOOKS__BATCH_MS`), then the command line (`overrides`).
@@ -299,9 +377,19 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         // The control plane's own variables share the prefix; they are not node settings.
-        let env = Env::prefixed("RELAYMESH_")
+        // Neither are the service variables Kubernetes injects into pods (`is_service_link`).
+        let env = Env::prefixed(ENV_PREFIX)
             .ignore(&["control_join_token", "control_operator_token"])
+            .filter(|key| !is_service_link(key.as_str()))
             .split("__");
+        let ignored = service_link_variables(std::env::vars_os().map(|(name, _)| name));
+        if !ignored.is_empty() {
+            // Names only: a value could be anything the environment holds.
+            tracing::info!(
+                variables = %ignored.join(" "),
+                "ignoring Kubernetes service variables: they are not node settings"
+            );
+        }
         figment = figment.merge(env);
         if let Some(listen) = overrides.listen {
             figment = figment.merge(("listen", listen));
@@ -385,6 +473,18 @@ impl Config {
                      (ca.pem, ca.key); `relaymesh-node certs ca --out DIR` makes a development CA"
                         .into(),
                 );
+            }
+        }
+        // In a cluster the node reports where it is reached: `0.0.0.0` is nowhere.
+        if self.control_plane.endpoint.is_some() {
+            check_advertised("advertise", self.advertise.as_deref(), self.listen, false)?;
+            if let Some(listen) = self.mesh.listen {
+                check_advertised(
+                    "mesh.advertise",
+                    self.mesh.advertise.as_deref(),
+                    listen,
+                    true,
+                )?;
             }
         }
         if self.outbox_frames_max == 0 || self.outbox_bytes_max == 0 {
@@ -497,6 +597,143 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// What Kubernetes injects into a pod for Services named `relaymesh` and
+    /// `relaymesh-control` (the second with a named port) and the UDP port of `relaymesh-mesh`.
+    const SERVICE_VARIABLES: [(&str, &str); 13] = [
+        ("RELAYMESH_SERVICE_HOST", "10.0.0.2"),
+        ("RELAYMESH_PORT", "tcp://10.0.0.2:6001"),
+        ("RELAYMESH_CONTROL_SERVICE_HOST", "10.0.0.1"),
+        ("RELAYMESH_CONTROL_SERVICE_PORT", "7000"),
+        ("RELAYMESH_CONTROL_SERVICE_PORT_GRPC", "7000"),
+        ("RELAYMESH_CONTROL_PORT", "tcp://10.0.0.1:7000"),
+        ("RELAYMESH_CONTROL_PORT_7000_TCP", "tcp://10.0.0.1:7000"),
+        ("RELAYMESH_CONTROL_PORT_7000_TCP_PROTO", "tcp"),
+        ("RELAYMESH_CONTROL_PORT_7000_TCP_PORT", "7000"),
+        ("RELAYMESH_CONTROL_PORT_7000_TCP_ADDR", "10.0.0.1"),
+        ("RELAYMESH_MESH_PORT_7100_UDP", "udp://10.0.0.3:7100"),
+        ("RELAYMESH_MESH_PORT_7100_UDP_ADDR", "10.0.0.3"),
+        ("relaymesh_mesh_service_host", "10.0.0.3"),
+    ];
+
+    #[test]
+    fn kubernetes_service_variables_are_ignored_and_misspelt_settings_still_fatal() {
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in SERVICE_VARIABLES {
+                jail.set_env(name, value);
+            }
+            jail.set_env("RELAYMESH_DRAIN_TIMEOUT_SECS", "45");
+            let config = Config::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.drain_timeout_secs, 45);
+            let mut ignored = service_link_variables(std::env::vars_os().map(|(name, _)| name));
+            ignored.sort();
+            let mut expected: Vec<_> = SERVICE_VARIABLES.iter().map(|(n, _)| *n).collect();
+            expected.sort();
+            assert_eq!(ignored, expected);
+            // Only the environment is forgiving: the same key in the file stops the node.
+            jail.create_file("node.toml", "control_port = \"tcp://10.0.0.1:7000\"\n")?;
+            let err = Config::load(
+                Some(&jail.directory().join("node.toml")),
+                Overrides::default(),
+            )
+            .map_err(|e| e.to_string())
+            .expect_err("an unknown file key");
+            assert!(err.contains("control_port"), "{err}");
+            jail.set_env("RELAYMESH_DRAIN_TIMEOUT_SEC", "45");
+            let err = Config::load(None, Overrides::default())
+                .map_err(|e| e.to_string())
+                .expect_err("a misspelt variable");
+            assert!(err.contains("drain_timeout_sec"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// Every key a variable can set (`__` between nested keys), from the defaults.
+    fn setting_keys(value: &serde_json::Value, prefix: &str, keys: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = value {
+            for (name, value) in map {
+                let key = format!("{prefix}{name}");
+                setting_keys(value, &format!("{key}__"), keys);
+                keys.push(key);
+            }
+        }
+    }
+
+    #[test]
+    fn no_setting_has_the_shape_of_a_service_variable() {
+        let mut keys = Vec::new();
+        setting_keys(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut keys,
+        );
+        assert!(keys.iter().any(|k| k == "mesh__advertise"), "{keys:?}");
+        for key in keys {
+            assert!(!is_service_link(&key), "setting {key} would be ignored");
+        }
+        for (name, _) in SERVICE_VARIABLES {
+            assert!(is_service_link(&name[ENV_PREFIX.len()..]), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_node_must_advertise_reachable_addresses() {
+        let load = |toml: &str| {
+            let file = write(&format!(
+                "{toml}[control_plane]\nendpoint = \"http://127.0.0.1:7000\"\n"
+            ));
+            Config::load(Some(&file.0), Overrides::default()).map_err(|e| e.to_string())
+        };
+        let mesh = "listen = \"0.0.0.0:7100\"\ndev_ca_dir = \"ca\"\n";
+        figment::Jail::expect_with(|_| {
+            // Standalone, 0.0.0.0 is fine: nothing is reported anywhere.
+            let file = write("listen = \"0.0.0.0:6001\"\n");
+            assert!(Config::load(Some(&file.0), Overrides::default()).is_ok());
+            let refused = [
+                ("listen = \"0.0.0.0:6001\"\n", "advertise must be set"),
+                ("listen = \"[::]:6001\"\n", "advertise must be set"),
+                (
+                    "advertise = \"0.0.0.0:6001\"\n",
+                    "advertise \"0.0.0.0:6001\" is unspecified",
+                ),
+                (
+                    "advertise = \"eu-1.example.com\"\n",
+                    "advertise \"eu-1.example.com\" is not host:port",
+                ),
+                ("advertise = \"10.0.0.5:0\"\n", "is unspecified"),
+            ];
+            for (toml, message) in refused {
+                let err = load(toml).expect_err(toml);
+                assert!(err.contains(message), "{toml}: {err}");
+            }
+            let refused = [
+                (String::new(), "mesh.advertise must be set"),
+                (
+                    "advertise = \"[::]:7100\"\n".into(),
+                    "mesh.advertise \"[::]:7100\" is unspecified",
+                ),
+                (
+                    "advertise = \"node-1:7100\"\n".into(),
+                    "mesh.advertise \"node-1:7100\" is not ip:port",
+                ),
+            ];
+            for (advertise, message) in refused {
+                let err = load(&format!("[mesh]\n{mesh}{advertise}")).expect_err(message);
+                assert!(err.contains(message), "{advertise}: {err}");
+            }
+            let config = load(&format!(
+                "listen = \"0.0.0.0:6001\"\nadvertise = \"eu-1.example.com:443\"\n\
+                 [mesh]\n{mesh}advertise = \"10.0.0.5:7100\"\n"
+            ))
+            .map_err(figment::Error::from)?;
+            assert_eq!(config.advertise.as_deref(), Some("eu-1.example.com:443"));
+            assert_eq!(config.mesh.advertise.as_deref(), Some("10.0.0.5:7100"));
+            // Loopback (the tests' own clusters) needs no advertise setting.
+            let config = load("listen = \"127.0.0.1:0\"\n").map_err(figment::Error::from)?;
+            assert_eq!(config.advertise, None);
             Ok(())
         });
     }

@@ -142,7 +142,12 @@ pub fn start(config: Config, listener: TcpListener) -> std::io::Result<NodeHandl
     }
     route::spawn_ticker(Arc::downgrade(&shared));
     let rebalance = rebalance::spawn(shared.clone(), stopped.clone());
-    let membership = membership::spawn(shared.clone(), local_addr, mesh_addr, stopped.clone());
+    let client_addr = shared
+        .config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| local_addr.to_string());
+    let membership = membership::spawn(shared.clone(), client_addr, mesh_addr, stopped.clone());
     let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
     Ok(NodeHandle {
         local_addr,

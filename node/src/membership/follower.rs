@@ -3,7 +3,6 @@
 //! lost, a gap in the stream) ends the session; the task registers again after a jittered,
 //! capped backoff while the node keeps serving with its last view.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +47,7 @@ enum FollowError {
 /// Starts following the control plane named in the config; returns `None` without one.
 pub fn spawn(
     shared: Arc<Shared>,
-    client_addr: SocketAddr,
+    client_addr: String,
     mesh_addr: Option<String>,
     stop: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
@@ -65,7 +64,7 @@ pub fn spawn(
 async fn run(
     shared: Arc<Shared>,
     endpoint: String,
-    client_addr: SocketAddr,
+    client_addr: String,
     mesh_addr: String,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -73,7 +72,7 @@ async fn run(
     let info = NodeInfo {
         node_id: shared.node_id.clone(),
         region: cp.region.clone(),
-        client_addr: client_addr.to_string(),
+        client_addr,
         mesh_addr,
         version: env!("CARGO_PKG_VERSION").into(),
         capacity: cp.capacity,
