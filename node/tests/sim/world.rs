@@ -88,6 +88,10 @@ pub struct World {
     pub webhook_check: WebhookCheck,
     /// Every step, for the repeatability check and for reading a failure.
     pub trace: Vec<String>,
+    /// Whether a node that comes back to the control plane links to its peers first (odd
+    /// seeds) or registers first (even seeds); from the seed, so the generator's draws
+    /// stay as they were.
+    links_before_registering: bool,
     /// Applied to every node's configuration (a test flips a rule with it).
     configure: fn(&mut Config),
     _runtime: tokio::runtime::Runtime,
@@ -110,6 +114,7 @@ impl World {
             .expect("runtime");
         World {
             rng: StdRng::seed_from_u64(seed),
+            links_before_registering: seed % 2 == 1,
             base: Instant::now(),
             now: Duration::ZERO,
             nodes: Vec::new(),
@@ -343,9 +348,23 @@ impl World {
     pub fn reach_control_plane(&mut self, index: usize, reaches: bool) {
         self.log(format!("n{index} reaches the control plane: {reaches}"));
         self.nodes[index].reaches_control_plane = reaches;
-        if reaches {
-            self.register(index);
+        if !reaches {
+            return;
         }
+        if self.links_before_registering {
+            // A node out of the view keeps dialing its peers with its last view, and a peer
+            // takes any link of the cluster's CA: its links can come up before it registers.
+            let others: Vec<usize> = (0..self.nodes.len())
+                .filter(|o| *o != index && self.nodes[*o].alive)
+                .collect();
+            for other in others {
+                let pair = (index.min(other), index.max(other));
+                if !self.cut.contains(&pair) && !self.nodes[index].outgoing.contains_key(&other) {
+                    self.connect(pair.0, pair.1);
+                }
+            }
+        }
+        self.register(index);
     }
 
     /// The control plane restarts: every node registers again with the same process and
