@@ -119,3 +119,41 @@ fn late_member_events_of_the_previous_owner_are_dropped_after_a_resync() {
     };
     assert_eq!(hub.deliver("presence-room", &event, from("b", 8)), 1);
 }
+
+#[test]
+fn a_part_leaves_out_closing_connections_and_says_whether_a_socket_was_answered() {
+    let hub = Hub::new("app".into());
+    let now = Instant::now();
+    let socket = |seq| Arc::new(Conn::new(SocketId { node: 1, seq }, 100, 1 << 20));
+    let (answered, asked, closing) = (socket(1), socket(2), socket(3));
+    for conn in [&answered, &closing] {
+        let attempt = hub.begin(now, "room", conn, None, None);
+        hub.complete("room", accepted(conn.socket_id, attempt, Vec::new()), None);
+    }
+    hub.begin(now, "room", &asked, None, None);
+    // Only a pending socket: the channel was not occupied under its previous owner.
+    hub.begin(now, "pending-only", &asked, None, None);
+    // Only a closing socket: nothing to send.
+    let attempt = hub.begin(now, "closing-only", &closing, None, None);
+    hub.complete(
+        "closing-only",
+        accepted(closing.socket_id, attempt, Vec::new()),
+        None,
+    );
+    closing.close(4200, "away");
+    let parts = hub.parts(|_| Some(true), |_| Some("b".into()), 2);
+    let summary: Vec<(String, Vec<u64>, bool)> = parts
+        .iter()
+        .map(|p| {
+            let seqs = p.sockets.iter().map(|(s, _)| s.seq).collect();
+            (p.channel.to_string(), seqs, p.occupied)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("pending-only".into(), vec![2], false),
+            ("room".into(), vec![1, 2], true),
+        ]
+    );
+}
