@@ -1,6 +1,7 @@
 //! The invariants, checked on what the clients received against what really happened.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use super::clients::Population;
 use super::world::World;
@@ -134,16 +135,7 @@ pub fn owners_know_who_is_there(
 ) -> Vec<String> {
     let mut found = Vec::new();
     for (channel, owned) in owners {
-        let subscribed: Vec<&super::clients::Client> = people
-            .clients
-            .iter()
-            .filter(|c| c.connected && world.nodes[c.node].alive && world.in_cluster(c.node))
-            .filter(|c| {
-                c.channels
-                    .get(channel)
-                    .is_some_and(|s| s.succeeded_at.is_some())
-            })
-            .collect();
+        let subscribed = super::webhooks::subscribed(world, people, channel, Duration::MAX);
         let users: BTreeSet<String> = subscribed.iter().map(|c| c.user.clone()).collect();
         match owned {
             Err(e) => found.push(format!("the owner of {channel} did not answer: {e}")),

@@ -41,7 +41,7 @@ pub struct WebhookCheck {
 /// The clients subscribed to `channel` on a node of the cluster, now, whose subscription
 /// succeeded before `before` (what one step raised is checked at its end: a subscription
 /// that succeeded in it may come after the event).
-fn subscribed<'a>(
+pub fn subscribed<'a>(
     world: &World,
     people: &'a Population,
     channel: &str,
